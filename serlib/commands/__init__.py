@@ -1,0 +1,1 @@
+"""Subcommands of the ``serlib`` command line (see :mod:`serlib.cli`)."""

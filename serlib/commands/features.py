@@ -1,0 +1,7 @@
+"""``serlib features``: placeholder, replaced by its implementation."""
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser("features", help="(not yet implemented)")
+    parser.set_defaults(func=lambda args: 1)
+    return parser

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny generated IEMOCAP-shaped corpus and its paper selection.
+
+Session-scoped so that the corpus is generated once per test run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EMODB = SHARED / "data" / "emodb"
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """Root of a tiny generated IEMOCAP-shaped tree (``IEMOCAP_full_release`` layout)."""
+    from serlib.corpora.synthetic import generate_corpus
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return generate_corpus(out, seed=0, size="tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_selection(synthetic_root):
+    """The paper's selection (defaults) of the tiny generated corpus, as a DataFrame."""
+    from serlib.corpora import load_iemocap, select_utterances
+
+    return select_utterances(load_iemocap(synthetic_root))
+
+
+@pytest.fixture(scope="session")
+def emodb_manifest() -> Path:
+    """The real EmoDB copy beside the project; skips when ../shared is absent."""
+    manifest = EMODB / "manifest.csv"
+    if not manifest.exists():
+        pytest.skip("../shared/data/emodb is absent")
+    return manifest
