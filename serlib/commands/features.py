@@ -1,7 +1,82 @@
-"""``serlib features``: placeholder, replaced by its implementation."""
+"""``serlib features``: extract (or reuse) the features of a selection into a feature store."""
+
+from __future__ import annotations
+
+import argparse
 
 
-def add_parser(subparsers):
-    parser = subparsers.add_parser("features", help="(not yet implemented)")
-    parser.set_defaults(func=lambda args: 1)
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "features",
+        help="compute the paper's features of a selection (cached)",
+        description=(
+            "Compute the log-mel spectrogram or MFCC of every clip of a selection CSV, in "
+            "parallel, into a store under OUT/<config fingerprint>/. Clips already stored with "
+            "the same config and an unchanged file are reused."
+        ),
+    )
+    parser.add_argument("--selection", required=True, help="selection CSV (utterance_id, path)")
+    parser.add_argument("--kind", required=True, choices=("spectrogram", "mfcc"))
+    parser.add_argument("--out", required=True, help="cache directory holding the stores")
+    parser.add_argument("--jobs", type=int, default=None, help="worker threads (default: cores)")
+    parser.add_argument("--float16", action="store_true", help="store float16 (half the size)")
+    parser.add_argument(
+        "--skip-errors", action="store_true", help="leave bad audio files out and list them"
+    )
+    parser.add_argument("--backend", choices=("librosa", "torch"), default="librosa")
+    parser.add_argument("--device", default=None, help="torch device for --backend torch")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
     return parser
+
+
+def _read_selection(path: str):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from serlib.errors import SerlibError
+
+    try:
+        from serlib.corpora import read_selection
+    except ImportError:
+        read_selection = None
+    if read_selection is not None:
+        return read_selection(path)
+    if not Path(path).is_file():
+        raise SerlibError(f"{path}: selection file not found")
+    try:
+        table = pd.read_csv(path, dtype={"utterance_id": str, "path": str})
+    except (ValueError, OSError) as error:
+        raise SerlibError(f"{path}: unreadable selection CSV ({error})") from error
+    missing = [c for c in ("utterance_id", "path") if c not in table.columns]
+    if missing:
+        raise SerlibError(f"{path}: selection lacks the column(s) {missing}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    from serlib.features import FeatureConfig, extract_corpus
+
+    selection = _read_selection(args.selection)
+    config = FeatureConfig.preset(args.kind)
+    result = extract_corpus(
+        selection,
+        config=config,
+        cache_dir=args.out,
+        n_jobs=args.jobs,
+        dtype="float16" if args.float16 else "float32",
+        skip_errors=args.skip_errors,
+        progress=not args.quiet,
+        backend=args.backend,
+        device=args.device,
+    )
+    print(
+        f"{args.kind}: {len(result)} clips of shape {config.shape} "
+        f"(computed {result.n_computed}, reused {result.n_reused}, "
+        f"skipped {len(result.skipped)})"
+    )
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}")
+    print(f"store: {result.store_path}")
+    return 0

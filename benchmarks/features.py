@@ -1,0 +1,174 @@
+"""Feature extraction benchmark: a naive librosa loop against serlib, cold and warm cache.
+
+Prints JSON. On the same clips, in one run:
+
+- ``naive_clips_per_s``: a per-file loop in one process, ``librosa.load(path, sr=22050)`` +
+  ``librosa.feature.melspectrogram`` + ``librosa.power_to_db`` with the same parameters;
+- ``serlib_cold_clips_per_s``: ``serlib.features.extract_corpus`` with an empty cache (all
+  cores);
+- ``serlib_warm_clips_per_s``: the same call again, every clip in the cache (median of 5);
+- ``cold_speedup``, ``warm_speedup``: the ratios to the naive loop;
+- ``max_abs_db_diff``: the largest |difference| in dB between the two paths' features (over the
+  frames the naive path computes; serlib pads shorter clips to 6 s);
+- ``peak_rss_mb``: peak resident memory of this process plus its children.
+
+Naive and cold runs alternate ``--repeats`` times (medians), so that a slow moment of a shared
+machine hits both. Clips: 48 generated 6 s speech-like clips at 16 kHz (resampled to 22,050 Hz
+by both paths), and separately, under "emodb", the real clips of ../shared/data/emodb when
+present.
+
+Usage: python benchmarks/features.py [--clips 48] [--jobs N] [--no-emodb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from serlib.features import FeatureConfig, extract_corpus, extract_file
+
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
+
+
+def speech_like(*, duration_s: float, sample_rate: int, seed: int) -> np.ndarray:
+    """A speech-like clip: serlib's synthesizer if present, else a harmonic source."""
+    try:
+        from serlib.corpora.synthetic import synthesize_speech
+    except ImportError:
+        synthesize_speech = None
+    if synthesize_speech is not None:
+        return synthesize_speech(duration_s=duration_s, sample_rate=sample_rate, seed=seed)
+    # Substitute: a gliding f0 with 30 decaying harmonics, syllable-rate amplitude, noise.
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(duration_s * sample_rate)) / sample_rate
+    f0 = 120 + 40 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)) + rng.uniform(-20, 40)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    y = sum(np.sin(k * phase) / k for k in range(1, 31))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)) ** 2
+    y = envelope * y + 0.05 * rng.standard_normal(t.size)
+    return (0.3 * y / np.abs(y).max()).astype(np.float32)
+
+
+def naive_features(path: str, config: FeatureConfig) -> np.ndarray:
+    y, sr = librosa.load(path, sr=config.sample_rate)
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=sr, n_fft=config.n_fft, hop_length=config.hop_length,
+        win_length=config.win_length, window=config.window, center=config.center,
+        pad_mode=config.pad_mode, power=config.power, n_mels=config.n_mels, fmin=config.fmin,
+        fmax=config.fmax_hz, htk=config.htk, norm=config.mel_norm,
+    )
+    return librosa.power_to_db(mel, ref=config.db_ref, amin=config.amin, top_db=config.top_db)
+
+
+def compare(selection: pd.DataFrame, *, config: FeatureConfig, jobs: int | None,
+            cache_dir: Path, repeats: int) -> dict:
+    """Time the naive loop and a cold serlib run ``repeats`` times, interleaved (medians)."""
+    paths = list(selection["path"])
+    # first calls pay one-off costs (librosa's lazy imports, caches): keep them out of both
+    naive_features(paths[0], config)
+    extract_file(paths[0], config=config)
+    naive_times, cold_times = [], []
+    for r in range(repeats):
+        start = time.perf_counter()
+        naive = [naive_features(p, config) for p in paths]
+        naive_times.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        cold = extract_corpus(selection, config=config, cache_dir=cache_dir / f"run{r}",
+                              n_jobs=jobs, progress=False)
+        cold_times.append(time.perf_counter() - start)
+        assert cold.n_computed == len(paths), cold.n_computed
+
+    warm_times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        warm = extract_corpus(selection, config=config, cache_dir=cache_dir / "run0",
+                              n_jobs=jobs, progress=False)
+        warm_times.append(time.perf_counter() - start)
+        assert warm.n_reused == len(paths), warm.n_reused
+    assert np.array_equal(warm.features, cold.features)
+    naive_s = statistics.median(naive_times)
+    cold_s = statistics.median(cold_times)
+    warm_s = statistics.median(warm_times)
+
+    diff = 0.0
+    for reference, ours in zip(naive, cold.features, strict=True):
+        n = min(reference.shape[1], ours.shape[1])
+        diff = max(diff, float(np.abs(reference[:, :n] - ours[:, :n]).max()))
+    n_clips = len(paths)
+    return {
+        "n_clips": n_clips,
+        "repeats": repeats,
+        "naive_clips_per_s": round(n_clips / naive_s, 1),
+        "serlib_cold_clips_per_s": round(n_clips / cold_s, 1),
+        "serlib_warm_clips_per_s": round(n_clips / warm_s, 1),
+        "cold_speedup": round(naive_s / cold_s, 2),
+        "warm_speedup": round(naive_s / warm_s, 1),
+        "max_abs_db_diff": diff,
+    }
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS)
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round((own + children) / scale, 1)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--jobs", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
+    parser.add_argument("--no-emodb", action="store_true")
+    args = parser.parse_args(argv)
+    config = FeatureConfig.preset("spectrogram")
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "config_fingerprint": config.fingerprint(),
+    }
+    with tempfile.TemporaryDirectory(prefix="serlib-bench-") as tmp:
+        tmp = Path(tmp)
+        rows = []
+        for i in range(args.clips):
+            path = tmp / "wav" / f"clip{i:03d}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, speech_like(duration_s=6.0, sample_rate=16000, seed=i), 16000,
+                     subtype="PCM_16")
+            rows.append((f"clip{i:03d}", str(path)))
+        selection = pd.DataFrame(rows, columns=["utterance_id", "path"])
+        report["generated"] = compare(selection, config=config, jobs=args.jobs,
+                                      cache_dir=tmp / "cache", repeats=args.repeats)
+        report["generated"]["clips"] = "6 s speech-like at 16 kHz, 16-bit WAV"
+        manifest = EMODB / "manifest.csv"
+        if manifest.exists() and not args.no_emodb:
+            table = pd.read_csv(manifest, dtype=str)
+            emodb = pd.DataFrame({
+                "utterance_id": [Path(p).stem for p in table["path"]],
+                "path": [str(EMODB / p) for p in table["path"]],
+            })
+            report["emodb"] = compare(emodb, config=config, jobs=args.jobs,
+                                      cache_dir=tmp / "cache-emodb", repeats=args.repeats)
+            report["emodb"]["clips"] = "EmoDB, 2.0 s at 22,050 Hz (padded to 6 s by serlib)"
+    report["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Decoding and validating audio files: every failure names the file."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from serlib.errors import SerlibError
+
+#: Extra input decoded beyond ``max_seconds`` before resampling, so that the resampler's
+#: filter sees the same neighbourhood at the cut as it would on the whole clip (seconds).
+RESAMPLE_MARGIN_SECONDS = 0.05
+
+# libsndfile's log reports "data : <declared> (should be <actual>)" for a truncated WAV.
+_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Declared sizes that streaming writers use for "unknown length"; not truncation.
+_UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
+def load_audio(
+    path: str | os.PathLike, *, max_seconds: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Decode an audio file to float32, checking that it is complete and finite.
+
+    Parameters
+    ----------
+    path : path-like
+        Any format libsndfile reads (WAV, FLAC, OGG ...).
+    max_seconds : float, optional
+        Decode only the first ``max_seconds`` (plus a short resampling margin); the rest of a
+        long clip is never used by the features, so it is not read.
+
+    Returns
+    -------
+    y : np.ndarray, float32, shape (channels, n_samples)
+        Samples in [-1, 1] for integer formats (librosa's channel-first layout).
+    sr : int
+        The file's sample rate in Hz.
+
+    Raises
+    ------
+    SerlibError
+        Naming the file: missing, unreadable, truncated, empty, or with NaN/inf samples.
+    """
+    name = str(path)
+    try:
+        with sf.SoundFile(name) as f:
+            sr = int(f.samplerate)
+            _check_not_truncated(f, name)
+            frames = -1
+            if max_seconds is not None:
+                frames = math.ceil((max_seconds + RESAMPLE_MARGIN_SECONDS) * sr)
+            data = f.read(frames=frames, dtype="float32", always_2d=True)  # (n, channels)
+    except FileNotFoundError as error:
+        raise SerlibError(f"{name}: audio file not found") from error
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        if not Path(name).exists():
+            raise SerlibError(f"{name}: audio file not found") from error
+        raise SerlibError(f"{name}: unreadable audio file ({error})") from error
+    y = np.ascontiguousarray(data.T)  # (channels, n)
+    check_samples(y, name=name)
+    return y, sr
+
+
+def _check_not_truncated(f: sf.SoundFile, name: str) -> None:
+    match = _DATA_SIZE.search(f.extra_info or "")
+    if match:
+        declared, actual = int(match.group(1)), int(match.group(2))
+        if declared > actual and declared not in _UNKNOWN_SIZES:
+            raise SerlibError(
+                f"{name}: truncated audio file (header declares {declared} data bytes, "
+                f"the file holds {actual})"
+            )
+
+
+def check_samples(y: np.ndarray, *, name: str = "waveform") -> None:
+    """Raise SerlibError naming ``name`` if ``y`` is empty or has NaN or inf samples."""
+    if y.size == 0 or y.shape[-1] == 0:
+        raise SerlibError(f"{name}: audio has zero samples")
+    if not np.all(np.isfinite(y)):
+        n_bad = int(np.count_nonzero(~np.isfinite(y)))
+        raise SerlibError(f"{name}: audio has {n_bad} NaN or inf samples")
+
+
+def file_identity(path: str | os.PathLike) -> dict:
+    """What a cached feature depends on besides the config: absolute path, size, mtime (ns).
+
+    Raises SerlibError naming the file if it cannot be stat'ed.
+    """
+    name = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(name)
+    except OSError as error:
+        raise SerlibError(f"{name}: audio file not found ({error.strerror})") from error
+    return {"path": name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
