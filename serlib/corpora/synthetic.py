@@ -16,6 +16,7 @@ Durations are log-normal with a median of 3.5 s; about a fifth are longer than 6
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -204,6 +205,36 @@ def _block(uid: str, code: str, start: float, end: float, n_agree: int | None,
     return "\n".join(lines) + "\n"
 
 
+def _write_wav(job: tuple[str, int, str, str, int]) -> None:
+    path, n_samples, emotion, speaker, seed = job
+    audio = synthesize_speech(duration_s=n_samples / SAMPLE_RATE, sample_rate=SAMPLE_RATE,
+                              emotion=emotion, speaker=speaker, seed=seed)
+    sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
+
+
+def _write_audio(jobs: list[tuple[str, int, str, str, int]], *, progress: bool) -> None:
+    """Synthesise and write every wav; across processes when there are many.
+
+    Each job carries its own seed, so the files do not depend on the number of processes.
+    Workers are spawned (not forked) so that a parent with torch threads is safe.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    n_jobs = min(os.cpu_count() or 1, 8)
+    with tqdm(total=len(jobs), desc="synth", unit="utt", disable=not progress) as bar:
+        if n_jobs < 2 or len(jobs) < 200:
+            for job in jobs:
+                _write_wav(job)
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+            for _ in pool.map(_write_wav, jobs, chunksize=16):
+                bar.update()
+
+
 def generate_corpus(
     out_dir: str | os.PathLike,
     *,
@@ -233,8 +264,6 @@ def generate_corpus(
     pathlib.Path
         ``out_dir/IEMOCAP_full_release``, ready for :func:`serlib.corpora.load_iemocap`.
     """
-    from tqdm.auto import tqdm
-
     if size not in SIZES:
         raise SerlibError(f"size={size!r} must be one of {', '.join(SIZES)}")
     root = Path(out_dir).expanduser() / RELEASE_NAME
@@ -257,9 +286,8 @@ def generate_corpus(
         clock: dict[str, float] = {}
         turns: dict[tuple[str, str], int] = {}
         dialogs = {(s, imp): _dialogs(s, imp) for s in range(1, 6) for imp in (True, False)}
-        bar = tqdm(plan.itertuples(), total=len(plan), desc="synth", unit="utt",
-                   disable=not progress)
-        for i, row in enumerate(bar):
+        jobs: list[tuple[str, int, str, str, int]] = []
+        for i, row in enumerate(plan.itertuples()):
             session, gender = int(row.speaker[3:5]), row.speaker[-1]
             names = dialogs[(session, bool(row.improvised))]
             dialog = names[int(rng.integers(len(names)))]
@@ -274,14 +302,11 @@ def generate_corpus(
             n_agree = None if pd.isna(row.n_agree) else int(row.n_agree)
             blocks.setdefault((session, dialog), []).append(
                 _block(uid, row.code, start, end, n_agree, gender, rng))
-            audio = synthesize_speech(
-                duration_s=n_samples / SAMPLE_RATE, sample_rate=SAMPLE_RATE,
-                emotion=AUDIO_EMOTION[row.code], speaker=row.speaker,
-                seed=int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
-            )
             wav = tmp / f"Session{session}" / "sentences" / "wav" / dialog / f"{uid}.wav"
             wav.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
+            jobs.append((str(wav), n_samples, AUDIO_EMOTION[row.code], row.speaker,
+                         int(np.random.SeedSequence([seed, i]).generate_state(1)[0])))
+        _write_audio(jobs, progress=progress)
         header = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
         for (session, dialog), entries in sorted(blocks.items()):
             folder = tmp / f"Session{session}" / "dialog" / "EmoEvaluation"
