@@ -30,35 +30,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _read_selection(path: str):
-    from pathlib import Path
-
-    import pandas as pd
-
-    from serlib.errors import SerlibError
-
-    try:
-        from serlib.corpora import read_selection
-    except ImportError:
-        read_selection = None
-    if read_selection is not None:
-        return read_selection(path)
-    if not Path(path).is_file():
-        raise SerlibError(f"{path}: selection file not found")
-    try:
-        table = pd.read_csv(path, dtype={"utterance_id": str, "path": str})
-    except (ValueError, OSError) as error:
-        raise SerlibError(f"{path}: unreadable selection CSV ({error})") from error
-    missing = [c for c in ("utterance_id", "path") if c not in table.columns]
-    if missing:
-        raise SerlibError(f"{path}: selection lacks the column(s) {missing}")
-    return table
-
-
 def run(args: argparse.Namespace) -> int:
+    from serlib.corpora import read_selection
     from serlib.features import FeatureConfig, extract_corpus
 
-    selection = _read_selection(args.selection)
+    selection = read_selection(args.selection)
     config = FeatureConfig.preset(args.kind)
     result = extract_corpus(
         selection,
