@@ -13,11 +13,11 @@ Prints JSON. On the same clips, in one run:
 - ``peak_rss_mb``: peak resident memory of this process plus its children.
 
 Naive and cold runs alternate ``--repeats`` times (medians), so that a slow moment of a shared
-machine hits both. Clips: 48 generated 6 s speech-like clips at 16 kHz (resampled to 22,050 Hz
+machine hits both. Clips: 200 generated 6 s speech-like clips at 16 kHz (resampled to 22,050 Hz
 by both paths), and separately, under "emodb", the real clips of ../shared/data/emodb when
 present.
 
-Usage: python benchmarks/features.py [--clips 48] [--jobs N] [--no-emodb]
+Usage: python benchmarks/features.py [--clips 200] [--jobs N] [--no-emodb]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def peak_rss_mb() -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     parser.add_argument("--no-emodb", action="store_true")

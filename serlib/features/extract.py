@@ -360,7 +360,7 @@ def _run_jobs(
             config_filterbank(config)
             _window(config.window, config.win_length)
             # small chunks keep the bar moving and balance the load; large enough to amortise
-            size = max(1, min(16, math.ceil(len(paths) / (4 * n_jobs))))
+            size = max(1, min(8, math.ceil(len(paths) / (16 * n_jobs))))
             starts = range(0, len(paths), size)
             pool = _executor(n_jobs)
             futures = {
