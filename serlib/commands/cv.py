@@ -1,7 +1,59 @@
-"""``serlib cv``: placeholder, replaced by its implementation."""
+"""``serlib cv``: a whole K-fold cross-validation from a selection table to a run folder."""
+
+from __future__ import annotations
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("cv", help="(not yet implemented)")
-    parser.set_defaults(func=lambda args: 1)
+    from serlib.training import TrainConfig
+
+    d = TrainConfig()
+    parser = subparsers.add_parser(
+        "cv",
+        help="run (or resume) a K-fold cross-validation of the ResNet-18",
+        description="Extract features (cached), train one ResNet-18 per fold and write the run "
+        "folder: config, per-fold metrics, predictions, curves and summary.json. A rerun of "
+        "the same command resumes after the last finished fold.",
+    )
+    parser.add_argument("--selection", required=True, help="selection CSV (serlib select)")
+    parser.add_argument("--feature", choices=("spectrogram", "mfcc"), default=d.feature)
+    parser.add_argument("--loss", choices=("focal", "softmax"), default=d.loss)
+    parser.add_argument("--gamma", type=float, default=d.gamma, help="focal loss gamma")
+    parser.add_argument("--alpha", type=float, nargs=4, default=None,
+                        metavar=("NEU", "HAP", "SAD", "ANG"), help="per-class focal weights")
+    parser.add_argument("--protocol", choices=("stratified", "session"), default=d.protocol,
+                        help="stratified: the paper's folds; session: speaker-independent")
+    parser.add_argument("--folds", type=int, default=d.folds)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--width", type=int, default=d.width, help="ResNet base width (64)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--patience", type=int, default=d.patience,
+                        help="early stopping on validation UA (0: off)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--float16", action="store_true", help="store features as float16")
+    parser.add_argument("--cache", default=None, help="feature store folder (default: none)")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
     return parser
+
+
+def run(args) -> int:
+    from serlib.training import TrainConfig, format_summary, run_cross_validation
+
+    config = TrainConfig(
+        feature=args.feature, loss=args.loss, gamma=args.gamma,
+        alpha=None if args.alpha is None else tuple(args.alpha), protocol=args.protocol,
+        folds=args.folds, epochs=args.epochs, width=args.width, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+        patience=args.patience, seed=args.seed, device=args.device,
+        feature_dtype="float16" if args.float16 else "float32",
+    )
+    summary = run_cross_validation(args.selection, config=config, out_dir=args.out,
+                                   cache_dir=args.cache, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"run folder: {args.out}")
+    return 0

@@ -1,0 +1,78 @@
+"""Cross-validation folds: the paper's stratified K-fold, or speaker-independent folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from serlib.errors import SerlibError
+
+PROTOCOLS = ("stratified", "session")
+
+
+def make_folds(selection: pd.DataFrame, *, protocol: str, n_folds: int, seed: int
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split a selection into (train, test) folds of positional row indices.
+
+    Parameters
+    ----------
+    selection : pandas.DataFrame
+        Needs ``label``; ``session`` and/or ``speaker`` for the session protocol.
+    protocol : {"stratified", "session"}
+        "stratified": the paper's protocol, stratified K-fold over utterances (shuffled,
+        seeded); the same speakers appear in train and test. "session": speaker-independent:
+        leave-one-session-out when every row has a session (``n_folds`` must equal the number
+        of sessions), else speakers grouped into ``n_folds`` speaker-disjoint folds.
+    n_folds : int
+    seed : int
+
+    Returns
+    -------
+    list of (train_idx, test_idx)
+        Sorted int arrays; the test parts are disjoint and cover every row.
+    """
+    if protocol not in PROTOCOLS:
+        raise SerlibError(f"protocol={protocol!r} must be one of {', '.join(PROTOCOLS)}")
+    if not isinstance(n_folds, int) or n_folds < 2:
+        raise SerlibError(f"n_folds={n_folds!r} must be an integer >= 2")
+    labels = selection["label"].to_numpy()
+    index = np.arange(len(selection))
+    if protocol == "stratified":
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(index, labels)
+    elif "session" in selection and selection["session"].notna().all():
+        sessions = selection["session"].to_numpy()
+        unique = np.unique(sessions)
+        if len(unique) != n_folds:
+            raise SerlibError(
+                f"protocol='session' leaves one session out per fold: n_folds={n_folds} must "
+                f"equal the number of sessions ({len(unique)})"
+            )
+        splits = ((index[sessions != s], index[sessions == s]) for s in unique)
+    else:
+        speakers = selection["speaker"].astype(str).to_numpy()
+        if len(np.unique(speakers)) < n_folds:
+            raise SerlibError(
+                f"protocol='session' needs at least n_folds={n_folds} speakers, "
+                f"got {len(np.unique(speakers))}"
+            )
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(index, labels, groups=speakers)
+    return [(np.sort(train), np.sort(test)) for train, test in splits]
+
+
+def validation_split(train_idx: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a stratified validation part out of a training part (never the test fold).
+
+    Returns (fit_idx, val_idx), sorted subsets of ``train_idx``.
+    """
+    if not 0 < fraction < 1:
+        raise SerlibError(f"val_fraction={fraction!r} must be between 0 and 1")
+    y = labels[train_idx]
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.min() >= 2 else None
+    fit, val = train_test_split(train_idx, test_size=fraction, random_state=seed,
+                                stratify=stratify)
+    return np.sort(fit), np.sort(val)

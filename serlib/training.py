@@ -1,0 +1,522 @@
+"""Cross-validated training of the ResNet-18 under focal or softmax loss, resumable.
+
+One call, :func:`run_cross_validation`, goes from a selection table to a run folder::
+
+    out_dir/config.json        resolved TrainConfig + FeatureConfig + selection + commit
+    out_dir/fold_<k>/          checkpoint.pt, metrics.json, predictions.csv, history.csv
+    out_dir/predictions.csv    every test prediction with class probabilities
+    out_dir/history.csv        per-epoch train/validation curves of every fold
+    out_dir/summary.json       mean and std over folds of WA and UA, protocol, corpus, device
+
+Each fold is written when it finishes (``metrics.json`` last, atomically), so a rerun of the
+same command skips finished folds and, because every fold is seeded on its own, ends with the
+same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from serlib._io import atomic_path, atomic_write_json
+from serlib.errors import SerlibError
+from serlib.labels import PAPER_CLASSES
+from serlib.losses import focal_loss
+from serlib.metrics import classification_report_dict
+from serlib.models import ResNet18
+from serlib.provenance import commit_hash
+from serlib.splits import PROTOCOLS, make_folds, validation_split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a cross-validation run; saved as ``config.json`` beside it.
+
+    The paper states the model, the loss and the protocol; the rest is ours (it is silent on
+    them) and documented here.
+    """
+
+    feature: str = "mfcc"          # "spectrogram" (128 mel bands, dB) or "mfcc" (40)
+    loss: str = "focal"            # "focal" or "softmax" (= cross-entropy = focal with gamma 0)
+    gamma: float = 2.0             # focal loss focusing parameter (the paper's example uses 2)
+    alpha: tuple[float, ...] | None = None  # optional per-class weights (PAPER_CLASSES order)
+    protocol: str = "stratified"   # "stratified" (the paper's) or "session" (speaker-independent)
+    folds: int = 5
+    epochs: int = 30
+    width: int = 64                # ResNet-18 base width (64 = the paper's network)
+    batch_size: int = 32
+    optimizer: str = "adam"        # "adam" or "sgd" (momentum 0.9, nesterov)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"       # "cosine" (to 0 over `epochs`) or "constant"
+    val_fraction: float = 0.1      # inner validation split of the training part
+    patience: int = 10             # stop after this many epochs without a better val UA; 0: off
+    seed: int = 0
+    device: str = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    feature_dtype: str = "float32" # feature store dtype ("float16" halves memory)
+
+    def __post_init__(self):
+        checks = {
+            "feature": self.feature in ("spectrogram", "mfcc"),
+            "loss": self.loss in ("focal", "softmax"),
+            "protocol": self.protocol in PROTOCOLS,
+            "optimizer": self.optimizer in ("adam", "sgd"),
+            "schedule": self.schedule in ("cosine", "constant"),
+            "gamma": self.gamma >= 0,
+            "folds": isinstance(self.folds, int) and self.folds >= 2,
+            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
+            "width": isinstance(self.width, int) and self.width >= 1,
+            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "patience": isinstance(self.patience, int) and self.patience >= 0,
+            "feature_dtype": self.feature_dtype in ("float32", "float16"),
+            "alpha": self.alpha is None or len(self.alpha) == len(PAPER_CLASSES),
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise SerlibError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["alpha"] = None if self.alpha is None else list(self.alpha)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise SerlibError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
+        data = dict(data)
+        if data.get("alpha") is not None:
+            data["alpha"] = tuple(float(a) for a in data["alpha"])
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    """``"auto"``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise SerlibError(f"device={name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SerlibError(f"device={name!r} but CUDA is not available here (use cpu or auto)")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def normalisation_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frequency-bin mean and std over clips and frames: (N, F, T) -> two (F,) arrays."""
+    mean = x.mean(axis=(0, 2), dtype=np.float64)
+    std = x.std(axis=(0, 2), dtype=np.float64)
+    return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)
+
+
+def _criterion(config: TrainConfig):
+    gamma = config.gamma if config.loss == "focal" else 0.0
+    alpha = config.alpha if config.loss == "focal" else None
+    return lambda logits, target, reduction="mean": focal_loss(
+        logits.float(), target, gamma=gamma, alpha=alpha, reduction=reduction)
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+class _Batches:
+    """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets.
+
+    On CUDA the (pinned) host tensors are copied per batch with ``non_blocking`` and in
+    channels_last layout; on CPU they are sliced in place. No file I/O per step.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, device: torch.device):
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+        self.y = torch.from_numpy(y.astype(np.int64))
+        self.device = device
+        if device.type == "cuda":
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, *, generator: torch.Generator | None = None):
+        n = len(self.y)
+        order = torch.randperm(n, generator=generator) if generator is not None \
+            else torch.arange(n)
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            if generator is not None and len(rows) < 2:
+                continue  # batch norm cannot train on a single sample
+            xb, yb = self.x[rows], self.y[rows]
+            if self.device.type == "cuda":
+                xb = xb.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+                yb = yb.to(self.device, non_blocking=True)
+            yield xb, yb
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA (no loss scaling needed); plain float32 on CPU
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, data: _Batches, *, batch_size: int,
+                  device: torch.device) -> np.ndarray:
+    """Softmax probabilities, shape (N, C), in the order of ``data``."""
+    model.eval()
+    out = []
+    for xb, _ in data.batches(batch_size):
+        with _autocast(device):
+            logits = model(xb)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: int,
+                    generator: torch.Generator, device: torch.device) -> float:
+    """One pass over ``data`` in a seeded random order; returns the mean training loss."""
+    model.train()
+    total, count = 0.0, 0
+    for xb, yb in data.batches(batch_size, generator=generator):
+        with _autocast(device):
+            logits = model(xb)           # (B, C)
+        loss = criterion(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(yb)
+        count += len(yb)
+    return total / max(count, 1)
+
+
+# ----------------------------------------------------------------------------- one fold
+def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
+               test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
+               progress: bool = True) -> dict:
+    """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
+    evaluate on ``test_idx``.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, F, T)
+    labels : np.ndarray of int, shape (N,)
+        Indices into :data:`serlib.labels.PAPER_CLASSES`.
+
+    Returns
+    -------
+    dict
+        ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
+        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``n_fit``, ``n_val``.
+    """
+    from tqdm.auto import tqdm
+
+    seed = config.seed * 1000 + fold
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    fit_idx, val_idx = validation_split(train_idx, labels, fraction=config.val_fraction,
+                                        seed=seed)
+    mean, std = normalisation_stats(features[fit_idx])     # (F,), training part only
+
+    def normalise(rows):
+        return (features[rows] - mean[None, :, None]) / std[None, :, None]
+
+    fit = _Batches(normalise(fit_idx), labels[fit_idx], device=device)
+    val = _Batches(normalise(val_idx), labels[val_idx], device=device)
+    test = _Batches(normalise(test_idx), labels[test_idx], device=device)
+
+    model = ResNet18(n_classes=len(PAPER_CLASSES), width=config.width).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.schedule == "cosine" else None)
+    criterion = _criterion(config)
+
+    history, best = [], {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
+    bar = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch",
+               disable=not progress, leave=False)
+    for epoch in bar:
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
+                                     batch_size=config.batch_size, generator=generator,
+                                     device=device)
+        if scheduler is not None:
+            scheduler.step()
+        probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device)
+        val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))),
+                                   val.y.cpu()))
+        report = classification_report_dict(val.y.numpy(), probs.argmax(1),
+                                            class_names=PAPER_CLASSES)
+        history.append({"fold": fold, "epoch": epoch, "train_loss": train_loss,
+                        "val_loss": val_loss, "val_wa": report["wa"], "val_ua": report["ua"],
+                        "lr": lr})
+        bar.set_postfix(loss=f"{train_loss:.3f}", val_ua=f"{report['ua']:.3f}")
+        if report["ua"] > best["ua"]:
+            best = {"ua": report["ua"], "epoch": epoch,
+                    "state": copy.deepcopy(model.state_dict()),
+                    "optimizer": copy.deepcopy(optimizer.state_dict())}
+        elif config.patience and epoch - best["epoch"] >= config.patience:
+            break
+    model.load_state_dict(best["state"])
+    return {
+        "state": {k: v.detach().cpu() for k, v in best["state"].items()},
+        "optimizer": best["optimizer"],
+        "mean": mean, "std": std,
+        "history": history,
+        "best_epoch": best["epoch"],
+        "probabilities": predict_proba(model, test, batch_size=2 * config.batch_size,
+                                       device=device),
+        "n_fit": len(fit_idx), "n_val": len(val_idx),
+    }
+
+
+# ----------------------------------------------------------------------------- run folder
+def _prepare_selection(selection) -> tuple[pd.DataFrame, str]:
+    if isinstance(selection, (str, os.PathLike)):
+        from serlib.corpora import read_selection
+
+        path = str(Path(selection).resolve())
+        selection = read_selection(selection)
+    else:
+        path = None
+    missing = [c for c in ("utterance_id", "path", "label", "speaker") if c not in selection]
+    if missing:
+        raise SerlibError(f"selection lacks column(s) {', '.join(missing)}")
+    selection = selection[selection["label"].isin(PAPER_CLASSES)].reset_index(drop=True)
+    if selection.empty:
+        raise SerlibError(f"selection has no utterance of the classes {PAPER_CLASSES}")
+    return selection, path
+
+
+def _fold_dir(out_dir: Path, fold: int) -> Path:
+    return out_dir / f"fold_{fold}"
+
+
+def _write_fold(out_dir: Path, fold: int, result: dict, selection: pd.DataFrame,
+                test_idx: np.ndarray, labels: np.ndarray, config: TrainConfig) -> dict:
+    """Write one finished fold; ``metrics.json`` goes last and marks the fold as done."""
+    folder = _fold_dir(out_dir, fold)
+    probs = result["probabilities"]
+    predicted = probs.argmax(axis=1)
+    metrics = {
+        "fold": fold,
+        **classification_report_dict(labels[test_idx], predicted, class_names=PAPER_CLASSES),
+        "best_epoch": result["best_epoch"],
+        "n_train": result["n_fit"], "n_val": result["n_val"], "n_test": len(test_idx),
+    }
+    rows = selection.iloc[test_idx]
+    predictions = pd.DataFrame({
+        "utterance_id": rows["utterance_id"].to_numpy(),
+        "fold": fold,
+        "speaker": rows["speaker"].to_numpy(),
+        "label": [PAPER_CLASSES[i] for i in labels[test_idx]],
+        "predicted": [PAPER_CLASSES[i] for i in predicted],
+        **{f"p_{name}": probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
+    })
+    checkpoint = {
+        "model": result["state"],
+        "optimizer": result["optimizer"],
+        "mean": torch.from_numpy(result["mean"]),
+        "std": torch.from_numpy(result["std"]),
+        "train_config": config.to_dict(),
+        "class_names": list(PAPER_CLASSES),
+        "metrics": metrics,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "checkpoint.pt") as tmp:
+        torch.save(checkpoint, tmp)
+    with atomic_path(folder / "predictions.csv") as tmp:
+        predictions.to_csv(tmp, index=False)
+    with atomic_path(folder / "history.csv") as tmp:
+        pd.DataFrame(result["history"]).to_csv(tmp, index=False)
+    atomic_write_json(folder / "metrics.json", metrics)
+    return metrics
+
+
+def _finished_fold(out_dir: Path, fold: int) -> dict | None:
+    folder = _fold_dir(out_dir, fold)
+    files = ("checkpoint.pt", "predictions.csv", "history.csv", "metrics.json")
+    if not all((folder / name).is_file() for name in files):
+        return None
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[ResNet18, dict]:
+    """A fold's model with its best weights, and the whole checkpoint (``weights_only``)."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    config = TrainConfig.from_dict(checkpoint["train_config"])
+    model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint
+
+
+def summarise(fold_metrics: list[dict], *, config: TrainConfig, corpus: str,
+              n_utterances: int, device: str) -> dict:
+    """Mean and standard deviation (ddof=1) across folds, plus where the numbers came from."""
+    def stats(key):
+        values = np.array([m[key] for m in fold_metrics])
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    wa_mean, wa_std = stats("wa")
+    ua_mean, ua_std = stats("ua")
+    f1_mean, _ = stats("macro_f1")
+    confusion = np.sum([np.array(m["confusion"]) for m in fold_metrics], axis=0)
+    return {
+        "wa_mean": wa_mean, "wa_std": wa_std, "ua_mean": ua_mean, "ua_std": ua_std,
+        "macro_f1_mean": f1_mean,
+        "folds": fold_metrics,
+        "confusion": confusion.tolist(),
+        "class_names": list(PAPER_CLASSES),
+        "protocol": config.protocol, "n_folds": config.folds,
+        "feature": config.feature, "loss": config.loss,
+        "gamma": config.gamma if config.loss == "focal" else 0.0,
+        "width": config.width, "epochs": config.epochs,
+        "corpus": corpus, "n_utterances": n_utterances,
+        "commit": commit_hash(), "device": device,
+    }
+
+
+def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.PathLike,
+                         cache_dir: str | os.PathLike | None = None,
+                         progress: bool = True) -> dict:
+    """Run (or resume) a whole K-fold cross-validation and return its summary.
+
+    Parameters
+    ----------
+    selection : pandas.DataFrame or path
+        The selection table (or its CSV, as written by ``serlib select``). Rows whose label is
+        not one of :data:`serlib.labels.PAPER_CLASSES` are ignored.
+    config : TrainConfig
+    out_dir : path
+        The run folder. If it holds a run of the same config, finished folds are reused; a
+        different config there is refused.
+    cache_dir : path, optional
+        Feature store root (:func:`serlib.features.extract_corpus`); None: not cached.
+    progress : bool
+        Progress bars per fold and epoch.
+
+    Returns
+    -------
+    dict
+        The content of ``summary.json`` (fractions in 0..1).
+    """
+    from tqdm.auto import tqdm
+
+    from serlib.features import FeatureConfig, extract_corpus
+
+    if not isinstance(config, TrainConfig):
+        raise SerlibError(f"config must be a TrainConfig, got {type(config).__name__}")
+    out_dir = Path(out_dir)
+    selection, selection_path = _prepare_selection(selection)
+    feature_config = FeatureConfig.preset(config.feature)
+    corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"
+    resolved = {
+        "train": config.to_dict(),
+        "features": feature_config.to_dict(),
+        "selection": {"path": selection_path, "n_utterances": len(selection),
+                      "corpus": corpus},
+    }
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if {k: previous.get(k) for k in resolved} != resolved:
+            raise SerlibError(
+                f"{out_dir}: holds a run with a different configuration; "
+                "use another --out (or delete it) to start a new run"
+            )
+    else:
+        atomic_write_json(config_path, {**resolved, "commit": commit_hash()})
+
+    labels_all = selection["label"].map(PAPER_CLASSES.index).to_numpy()
+    folds = make_folds(selection, protocol=config.protocol, n_folds=config.folds,
+                       seed=config.seed)
+    device = resolve_device(config.device)
+    done = {k: _finished_fold(out_dir, k) for k in range(1, len(folds) + 1)}
+
+    features = labels = None
+    if not all(done.values()):
+        store = extract_corpus(
+            selection, config=feature_config, cache_dir=cache_dir, progress=progress,
+            dtype=config.feature_dtype,
+            # on CUDA the STFT/mel/dB run batched on the GPU (serlib.features.torch_features)
+            backend="torch" if device.type == "cuda" else "librosa",
+            device=str(device) if device.type == "cuda" else None,
+        )
+        if len(store) != len(selection):
+            raise SerlibError("feature extraction left out some utterances")
+        features = store.features.astype(np.float32, copy=False)   # (N, F, T)
+        labels = labels_all
+
+    fold_metrics = []
+    bar = tqdm(enumerate(folds, start=1), total=len(folds), desc="folds", unit="fold",
+               disable=not progress)
+    for fold, (train_idx, test_idx) in bar:
+        if done[fold] is not None:
+            fold_metrics.append(done[fold])
+            continue
+        result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
+                            device=device, progress=progress)
+        fold_metrics.append(_write_fold(out_dir, fold, result, selection, test_idx,
+                                        labels_all, config))
+        bar.set_postfix(ua=f"{fold_metrics[-1]['ua']:.3f}")
+
+    # whole-run tables, rebuilt from the folds (cheap; keeps them consistent after a resume)
+    for name in ("predictions.csv", "history.csv"):
+        frames = [pd.read_csv(_fold_dir(out_dir, k) / name) for k in range(1, len(folds) + 1)]
+        with atomic_path(out_dir / name) as tmp:
+            pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+    summary = summarise(fold_metrics, config=config, corpus=corpus,
+                        n_utterances=len(selection), device=describe_device(device))
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """One paragraph for a terminal: WA/UA mean +- std in %, and where they came from."""
+    return (
+        f"{summary['feature']} + {summary['loss']} loss"
+        f"{' (gamma ' + format(summary['gamma'], 'g') + ')' if summary['loss'] == 'focal' else ''}"
+        f", {summary['n_folds']}-fold {summary['protocol']} CV on {summary['corpus']} "
+        f"({summary['n_utterances']} utterances, width {summary['width']}):\n"
+        f"  WA {100 * summary['wa_mean']:.1f} +- {100 * summary['wa_std']:.1f} %   "
+        f"UA {100 * summary['ua_mean']:.1f} +- {100 * summary['ua_std']:.1f} %\n"
+        f"  device {summary['device']}, commit {summary['commit']}"
+    )
+
+
+__all__ = [
+    "TrainConfig",
+    "format_summary",
+    "load_checkpoint",
+    "normalisation_stats",
+    "resolve_device",
+    "run_cross_validation",
+    "summarise",
+    "train_fold",
+]
+
