@@ -57,6 +57,9 @@ def focal_loss(
             f"{tuple(target.shape)}"
         )
     log_p = F.log_softmax(logits, dim=-1)                        # (B, C)
+    if gamma == 0 and alpha is None:
+        # exactly F.cross_entropy (same kernel, same reduction order)
+        return F.nll_loss(log_p, target, reduction=reduction)
     log_pt = log_p.gather(1, target[:, None]).squeeze(1)         # (B,)
     if gamma == 0:
         loss = -log_pt

@@ -71,8 +71,11 @@ def validation_split(train_idx: np.ndarray, labels: np.ndarray, *, fraction: flo
     if not 0 < fraction < 1:
         raise SerlibError(f"val_fraction={fraction!r} must be between 0 and 1")
     y = labels[train_idx]
-    _, counts = np.unique(y, return_counts=True)
-    stratify = y if counts.min() >= 2 else None
+    classes, counts = np.unique(y, return_counts=True)
+    n_val = int(np.ceil(fraction * len(y)))
+    # stratify when every class can appear on both sides, else a plain seeded split
+    can_stratify = counts.min() >= 2 and min(n_val, len(y) - n_val) >= len(classes)
+    stratify = y if can_stratify else None
     fit, val = train_test_split(train_idx, test_size=fraction, random_state=seed,
                                 stratify=stratify)
     return np.sort(fit), np.sort(val)

@@ -1,0 +1,76 @@
+"""Folds: stratified, leave-one-session-out, speaker groups; the inner validation split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serlib.errors import SerlibError
+from serlib.splits import make_folds, validation_split
+
+
+def table(n=200, sessions=True):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "label": rng.choice(["neutral", "happiness", "sadness", "anger"], n,
+                            p=[0.5, 0.12, 0.26, 0.12]),
+        "speaker": [f"s{i % 10}" for i in range(n)],
+    })
+    frame["session"] = [i % 5 + 1 for i in range(n)] if sessions else None
+    return frame
+
+
+def check_partition(folds, n):
+    tests = np.concatenate([test for _, test in folds])
+    assert sorted(tests) == list(range(n))
+    for train, test in folds:
+        assert not set(train) & set(test)
+        assert len(train) + len(test) == n
+
+
+def test_stratified():
+    frame = table()
+    folds = make_folds(frame, protocol="stratified", n_folds=5, seed=0)
+    check_partition(folds, len(frame))
+    overall = frame["label"].value_counts(normalize=True)
+    for _, test in folds:
+        share = frame["label"].iloc[test].value_counts(normalize=True)
+        assert (share - overall).abs().max() < 0.05
+    again = make_folds(frame, protocol="stratified", n_folds=5, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    other = make_folds(frame, protocol="stratified", n_folds=5, seed=1)
+    assert not np.array_equal(folds[0][1], other[0][1])
+
+
+def test_session_leaves_one_session_out():
+    frame = table()
+    folds = make_folds(frame, protocol="session", n_folds=5, seed=0)
+    check_partition(folds, len(frame))
+    for _, test in folds:
+        assert frame["session"].iloc[test].nunique() == 1
+    with pytest.raises(SerlibError, match="n_folds=4 must equal the number of sessions"):
+        make_folds(frame, protocol="session", n_folds=4, seed=0)
+
+
+def test_speaker_groups_without_sessions():
+    frame = table(sessions=False)
+    folds = make_folds(frame, protocol="session", n_folds=5, seed=0)
+    check_partition(folds, len(frame))
+    for train, test in folds:
+        assert not set(frame["speaker"].iloc[train]) & set(frame["speaker"].iloc[test])
+
+
+def test_bad_protocol():
+    with pytest.raises(SerlibError, match="protocol='random'"):
+        make_folds(table(), protocol="random", n_folds=5, seed=0)
+
+
+def test_validation_split_comes_from_training_part():
+    frame = table()
+    labels = frame["label"].to_numpy()
+    train, test = make_folds(frame, protocol="stratified", n_folds=5, seed=0)[0]
+    fit, val = validation_split(train, labels, fraction=0.1, seed=0)
+    assert set(fit) | set(val) == set(train)
+    assert not set(val) & set(test) and not set(fit) & set(val)
+    assert abs(len(val) - 0.1 * len(train)) <= 1

@@ -1,0 +1,162 @@
+"""Cross-validated training on the tiny generated corpus: outputs, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import serlib.training as training
+from serlib.errors import SerlibError
+from serlib.labels import PAPER_CLASSES
+from serlib.training import TrainConfig, load_checkpoint, run_cross_validation
+
+CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=2, width=4, batch_size=16, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_selection, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    summary = run_cross_validation(synthetic_selection, config=CONFIG, out_dir=out,
+                                   cache_dir=cache, progress=False)
+    return out, summary
+
+
+def test_run_leaves_every_output(finished_run, synthetic_selection):
+    out, summary = finished_run
+    for k in (1, 2):
+        for name in ("checkpoint.pt", "metrics.json", "predictions.csv", "history.csv"):
+            assert (out / f"fold_{k}" / name).is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"] == CONFIG.to_dict()
+    assert config["features"]["kind"] == "mfcc"
+    assert config["selection"]["corpus"] == "generated"
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert sorted(predictions["utterance_id"]) == sorted(synthetic_selection["utterance_id"])
+    probs = predictions[[f"p_{c}" for c in PAPER_CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["fold", "epoch", "train_loss", "val_loss", "val_wa",
+                                     "val_ua", "lr"]
+    assert len(history) == 4
+
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["protocol"] == "stratified" and summary["corpus"] == "generated"
+    assert summary["device"].startswith("cpu") and summary["commit"]
+    assert 0 <= summary["ua_mean"] <= 1 and len(summary["folds"]) == 2
+    assert np.sum(summary["confusion"]) == len(synthetic_selection)
+    fold = json.loads((out / "fold_1" / "metrics.json").read_text())
+    assert set(fold) >= {"fold", "wa", "ua", "macro_f1", "per_class_recall", "confusion",
+                         "best_epoch", "n_train", "n_val", "n_test"}
+    assert fold["n_train"] + fold["n_val"] + fold["n_test"] == len(synthetic_selection)
+
+
+def test_checkpoint_loads_weights_only(finished_run):
+    out, _ = finished_run
+    checkpoint = torch.load(out / "fold_1" / "checkpoint.pt", weights_only=True)
+    assert checkpoint["mean"].shape == (40,) and "optimizer" in checkpoint
+    model, _ = load_checkpoint(out / "fold_1" / "checkpoint.pt")
+    assert model(torch.zeros(2, 1, 40, 259)).shape == (2, 4)
+
+
+def test_rerun_does_no_training(finished_run, synthetic_selection, cache, monkeypatch):
+    out, summary = finished_run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(training, "train_fold", fail)
+    again = run_cross_validation(synthetic_selection, config=CONFIG, out_dir=out,
+                                 cache_dir=cache, progress=False)
+    assert again == summary
+
+
+def test_interrupted_run_resumes_and_matches(finished_run, synthetic_selection, cache,
+                                             tmp_path, monkeypatch):
+    _, uninterrupted = finished_run
+    original = training.train_fold
+
+    def interrupt_in_fold_2(*args, fold, **kwargs):
+        if fold == 2:
+            raise KeyboardInterrupt
+        return original(*args, fold=fold, **kwargs)
+
+    monkeypatch.setattr(training, "train_fold", interrupt_in_fold_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_cross_validation(synthetic_selection, config=CONFIG, out_dir=tmp_path,
+                             cache_dir=cache, progress=False)
+    assert (tmp_path / "fold_1" / "metrics.json").exists()
+    assert not (tmp_path / "fold_2").exists() and not (tmp_path / "summary.json").exists()
+
+    calls = []
+
+    def count(*args, fold, **kwargs):
+        calls.append(fold)
+        return original(*args, fold=fold, **kwargs)
+
+    monkeypatch.setattr(training, "train_fold", count)
+    resumed = run_cross_validation(synthetic_selection, config=CONFIG, out_dir=tmp_path,
+                                   cache_dir=cache, progress=False)
+    assert calls == [2]  # only the unfinished fold trains
+    # same seed on the CPU: identical numbers to the uninterrupted run
+    assert resumed["folds"] == uninterrupted["folds"]
+    assert resumed["wa_mean"] == uninterrupted["wa_mean"]
+
+
+def test_other_config_in_same_folder_is_refused(finished_run, synthetic_selection, cache):
+    out, _ = finished_run
+    other = TrainConfig(**{**CONFIG.to_dict(), "epochs": 3})
+    with pytest.raises(SerlibError, match="different configuration"):
+        run_cross_validation(synthetic_selection, config=other, out_dir=out, cache_dir=cache,
+                             progress=False)
+
+
+def test_session_protocol_is_speaker_independent(synthetic_selection, cache, tmp_path):
+    config = TrainConfig(feature="mfcc", protocol="session", folds=5, epochs=1, width=4,
+                         batch_size=16, device="cpu")
+    summary = run_cross_validation(synthetic_selection, config=config, out_dir=tmp_path,
+                                   cache_dir=cache, progress=False)
+    assert summary["protocol"] == "session" and len(summary["folds"]) == 5
+    predictions = pd.read_csv(tmp_path / "predictions.csv")
+    sessions = dict(zip(synthetic_selection["utterance_id"], synthetic_selection["session"],
+                        strict=True))
+    per_fold = predictions.assign(session=predictions["utterance_id"].map(sessions))
+    assert (per_fold.groupby("fold")["session"].nunique() == 1).all()
+
+
+def test_normalisation_uses_training_part_only():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 6, 8)).astype(np.float32)
+    labels = np.arange(40) % 4
+    train, test = np.arange(30), np.arange(30, 40)
+    config = TrainConfig(folds=2, epochs=1, width=2, batch_size=8, device="cpu")
+    result = training.train_fold(features, labels, train, test, config=config, fold=1,
+                                 device=torch.device("cpu"), progress=False)
+    poisoned = features.copy()
+    poisoned[test] = 1e6  # the test fold must not leak into the statistics
+    again = training.train_fold(poisoned, labels, train, test, config=config, fold=1,
+                                device=torch.device("cpu"), progress=False)
+    np.testing.assert_array_equal(result["mean"], again["mean"])
+    assert result["n_fit"] + result["n_val"] == 30
+
+
+def test_config_validation_and_roundtrip():
+    assert TrainConfig.from_dict(CONFIG.to_dict()) == CONFIG
+    with_alpha = TrainConfig(alpha=(1.0, 2.0, 1.0, 2.0))
+    assert TrainConfig.from_dict(with_alpha.to_dict()) == with_alpha
+    with pytest.raises(SerlibError, match="TrainConfig.loss='hinge'"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(SerlibError, match="unknown TrainConfig field"):
+        TrainConfig.from_dict({"epoch": 3})
+    assert training.resolve_device("cpu").type == "cpu"
+    with pytest.raises(SerlibError, match="device='tpu9'"):
+        training.resolve_device("tpu9")
