@@ -1,7 +1,33 @@
-"""``serlib book``: placeholder, replaced by its implementation."""
+"""``serlib book``: execute every chapter with papermill and render the book's HTML."""
+
+from __future__ import annotations
 
 
 def add_parser(subparsers):
-    parser = subparsers.add_parser("book", help="(not yet implemented)")
-    parser.set_defaults(func=lambda args: 1)
+    parser = subparsers.add_parser(
+        "book",
+        help="execute every chapter (papermill) and build the HTML book (Jupyter Book)",
+        description="Generate the built-in corpus (unless --data-root is given), select, run "
+        "every chapter with the profile's parameters (the training chapter once per "
+        "configuration) and render OUT/html/index.html.",
+    )
+    parser.add_argument("--profile", default="smoke",
+                        help="smoke (default; generated corpus, CPU, ~10 min), paper (real "
+                        "IEMOCAP, GPU), tiny (tests), or a profile YAML path")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-root", default=None,
+                        help="an IEMOCAP release (IEMOCAP_full_release or its parent)")
+    source.add_argument("--manifest", default=None, help="a manifest CSV instead of IEMOCAP")
+    parser.add_argument("--out", default="_build", help="build folder (default: _build)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=run)
     return parser
+
+
+def run(args) -> int:
+    from serlib.book import build_book
+
+    html = build_book(profile=args.profile, out_dir=args.out, data_root=args.data_root,
+                      manifest=args.manifest, quiet=args.quiet)
+    print(f"book: {html / 'index.html'}")
+    return 0

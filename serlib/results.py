@@ -1,0 +1,176 @@
+"""Run folders back into the paper's tables and figures.
+
+A run folder is what :func:`serlib.training.run_cross_validation` writes. The book's results
+chapter builds every table from these files; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serlib import paper
+from serlib.errors import SerlibError
+from serlib.labels import PAPER_CLASSES, SHORT_NAMES
+from serlib.metrics import confusion_percent
+
+
+@dataclass
+class Run:
+    """One finished cross-validation run, as read from its folder."""
+
+    path: Path
+    summary: dict
+    config: dict
+    folds: list[dict]
+    predictions: pd.DataFrame
+    history: pd.DataFrame
+
+    @property
+    def feature(self) -> str:
+        return self.summary["feature"]
+
+    @property
+    def loss(self) -> str:
+        return self.summary["loss"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.feature} + {self.loss}"
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Read a run folder (summary, config, per-fold metrics, predictions, history).
+
+    Raises :class:`SerlibError` naming the folder and the missing file.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SerlibError(f"{run_dir}: run folder does not exist")
+    needed = ("summary.json", "config.json", "predictions.csv", "history.csv")
+    for name in needed:
+        if not (run_dir / name).is_file():
+            raise SerlibError(f"{run_dir}: not a finished run: {name} is missing "
+                              "(run serlib cv, or rerun it to finish)")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    folds = []
+    for k in range(1, int(summary["n_folds"]) + 1):
+        metrics = run_dir / f"fold_{k}" / "metrics.json"
+        if not metrics.is_file():
+            raise SerlibError(f"{run_dir}: fold_{k}/metrics.json is missing")
+        folds.append(json.loads(metrics.read_text()))
+    return Run(
+        path=run_dir, summary=summary, config=json.loads((run_dir / "config.json").read_text()),
+        folds=folds, predictions=pd.read_csv(run_dir / "predictions.csv"),
+        history=pd.read_csv(run_dir / "history.csv"),
+    )
+
+
+def load_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], Run]:
+    """Every run below ``runs_dir`` (one sub-folder each), keyed by (feature, loss)."""
+    runs_dir = Path(runs_dir)
+    runs = {}
+    for folder in sorted(p for p in runs_dir.iterdir() if (p / "summary.json").is_file()):
+        run = load_run(folder)
+        runs[(run.feature, run.loss)] = run
+    if not runs:
+        raise SerlibError(f"{runs_dir}: no finished run folder (with summary.json) inside")
+    return runs
+
+
+def percent(mean: float, std: float) -> str:
+    """``"74.2 ± 1.3"`` from fractions."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def provenance(run: Run, *, profile: str | None = None) -> str:
+    """Where a number came from: corpus, protocol, folds, profile, commit, device."""
+    s = run.summary
+    corpus = s["corpus"]
+    if corpus == "generated":
+        corpus = "the generated IEMOCAP-shaped corpus (not IEMOCAP)"
+    parts = [f"corpus: {corpus} ({s['n_utterances']} utterances)",
+             f"protocol: {s['n_folds']}-fold {s['protocol']}",
+             f"width {s['width']}, {s['epochs']} epochs"]
+    if profile:
+        parts.append(f"profile: {profile}")
+    parts += [f"commit: {s['commit']}", f"device: {s['device']}"]
+    return "; ".join(parts)
+
+
+def table1(runs: dict[tuple[str, str], Run]) -> pd.DataFrame:
+    """Table 1: the paper's baselines and models beside our two focal-loss models (WA, UA %)."""
+    rows = [{"model": r.model, "source": "paper" if r.kind == "paper" else "paper (baseline)",
+             "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}"} for r in paper.TABLE1.itertuples()]
+    for feature, label in (("spectrogram", "Spectrogram"), ("mfcc", "MFCC")):
+        run = runs.get((feature, "focal"))
+        if run is not None:
+            s = run.summary
+            rows.append({"model": f"Ours: {label} + focal loss", "source": "this build",
+                         "WA": percent(s["wa_mean"], s["wa_std"]),
+                         "UA": percent(s["ua_mean"], s["ua_std"])})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def table4(runs: dict[tuple[str, str], Run]) -> pd.DataFrame:
+    """Table 4: every feature x loss, ours (mean ± std over folds) beside the paper's."""
+    rows = []
+    for r in paper.TABLE4.itertuples():
+        run = runs.get((r.feature, r.loss))
+        rows.append({
+            "feature": r.feature, "loss": r.loss,
+            "paper WA": r.WA, "paper UA": r.UA,
+            "ours WA": percent(run.summary["wa_mean"], run.summary["wa_std"]) if run else "—",
+            "ours UA": percent(run.summary["ua_mean"], run.summary["ua_std"]) if run else "—",
+        })
+    return pd.DataFrame(rows).set_index(["feature", "loss"])
+
+
+def confusion_table(run: Run) -> pd.DataFrame:
+    """Row-normalised confusion in % (summed over folds): rows true, columns predicted."""
+    counts = np.asarray(run.summary["confusion"])
+    names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
+    return pd.DataFrame(confusion_percent(counts).round(1), index=names, columns=names)
+
+
+def plot_confusion_pair(ours: pd.DataFrame, theirs: pd.DataFrame, *, title: str):
+    """Two heatmaps side by side: this build's confusion (%) and the paper's."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
+    for ax, table, label in ((axes[0], ours, "this build"), (axes[1], theirs, "paper")):
+        sns.heatmap(pd.DataFrame(np.asarray(table, float), index=names, columns=names),
+                    annot=True, fmt=".1f", vmin=0, vmax=100, cmap="Blues", cbar=False,
+                    square=True, ax=ax)
+        ax.set(title=f"{title}: {label}", xlabel="predicted", ylabel="true")
+    return fig
+
+
+def plot_learning_curves(run: Run):
+    """Training loss and validation UA per epoch, one line per fold."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    history = run.history.assign(fold=run.history["fold"].astype(str))
+    sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0])
+    sns.lineplot(data=history, x="epoch", y="val_ua", hue="fold", ax=axes[1])
+    axes[0].set(title=f"{run.name}: training loss", ylabel="loss")
+    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA")
+    return fig
+
+
+def fold_table(run: Run) -> pd.DataFrame:
+    """Per-fold WA, UA, macro-F1 (%), best epoch and sizes."""
+    rows = [{"fold": m["fold"], "WA %": round(100 * m["wa"], 1), "UA %": round(100 * m["ua"], 1),
+             "macro-F1 %": round(100 * m["macro_f1"], 1), "best epoch": m["best_epoch"],
+             "train": m["n_train"], "val": m["n_val"], "test": m["n_test"]}
+            for m in run.folds]
+    return pd.DataFrame(rows).set_index("fold")
