@@ -173,7 +173,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     for feature, loss in profile.grid:
         plan.append(("05_training", training_page(feature, loss), {
             "selection_path": paths["selection"],
-            "cache_dir": paths["cache"], "runs_dir": paths["runs"],
+            "cache_dir": paths["cache"],
             "run_dir": str(Path(paths["runs"]) / f"{feature}_{loss}"),
             "feature": feature, "loss": loss, **profile.training}))
     plan.append(("06_results", "06_results", {"runs_dir": paths["runs"],
@@ -246,7 +246,7 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         title = None
         if source == "05_training":
             title = f"Training: {parameters['feature']} + {parameters['loss']} loss"
-        execute_chapter(BOOK_DIR / f"{source}.ipynb", book / f"{page}.ipynb",
+        execute_chapter(book / f"{source}.ipynb", book / f"{page}.ipynb",
                         parameters=parameters, cwd=book, chapter=page, title=title)
         say(f"[{number}/{len(plan)}] {page} done in {time.perf_counter() - started:.0f} s")
     say("[html] rendering with Jupyter Book ...")

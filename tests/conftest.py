@@ -37,3 +37,19 @@ def emodb_manifest() -> Path:
     if not manifest.exists():
         pytest.skip("../shared/data/emodb is absent")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    """HTML of an executed book: $SERLIB_BOOK_HTML if set (CI points it at the README's
+    smoke build), else a build of the tiny profile made here (about two minutes)."""
+    import os
+
+    from serlib.book import build_book
+
+    given = os.environ.get("SERLIB_BOOK_HTML")
+    if given:
+        html = Path(given)
+        assert (html / "index.html").is_file(), f"SERLIB_BOOK_HTML={given} has no index.html"
+        return html
+    return build_book(profile="tiny", out_dir=tmp_path_factory.mktemp("book"), quiet=True)

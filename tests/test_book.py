@@ -1,0 +1,111 @@
+"""The book runner: profiles, staging, papermill errors, and (slow) a whole build."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+from serlib.book import PAPER_GRID, Profile, chapter_plan, execute_chapter, stage_sources
+from serlib.cli import main
+from serlib.errors import SerlibError
+
+PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
+         "05_training_overview", "06_results", "07_api"] + [
+    f"05_training_{f}_{loss}" for f, loss in PAPER_GRID]
+
+
+@pytest.mark.parametrize("name", ["smoke", "paper", "tiny"])
+def test_shipped_profiles_are_valid(name):
+    profile = Profile.load(name)
+    assert profile.grid == PAPER_GRID
+    assert profile.requires_data_root == (name == "paper")
+
+
+def test_paper_profile_uses_paper_network():
+    assert Profile.load("paper").training["width"] == 64
+    assert Profile.load("smoke").corpus_size == "small"
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("training: {epochs: 0}", r"TrainConfig\.epochs=0"),
+    ("training: {epoch: 3}", "unexpected keyword argument 'epoch'"),
+    ("corpus: {size: huge}", "corpus.size='huge'"),
+    ("colour: red", r"unknown key\(s\) colour"),
+    ("selection: {min_agreement: 2}", r"selection: unknown key\(s\) min_agreement"),
+])
+def test_bad_profile_is_named(tmp_path, text, match):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(SerlibError, match=match) as error:
+        Profile.load(path)
+    assert "mine.yaml" in str(error.value)
+
+
+def test_unknown_profile():
+    with pytest.raises(SerlibError, match="no such profile.*known: paper, smoke, tiny"):
+        Profile.load("fast")
+
+
+def test_paper_profile_needs_data_root(tmp_path, capsys):
+    assert main(["book", "--profile", "paper", "--out", str(tmp_path)]) == 2
+    assert "needs --data-root" in capsys.readouterr().err
+
+
+def test_staging_expands_training_pages(tmp_path):
+    profile = Profile.load("tiny")
+    stage_sources(tmp_path / "staging", profile, build_info="built here\n")
+    toc = yaml.safe_load((tmp_path / "staging" / "_toc.yml").read_text())
+    training = [c for part in toc["parts"] for c in part["chapters"]
+                if c["file"] == "book/05_training_overview"][0]
+    assert [s["file"] for s in training["sections"]] == [
+        f"book/05_training_{f}_{loss}" for f, loss in PAPER_GRID]
+    assert (tmp_path / "staging" / "book" / "build_info.md").read_text() == "built here\n"
+    assert not (tmp_path / "staging" / "book" / "profiles").exists()
+
+    plan = chapter_plan(profile, {"data_root": "/d", "manifest": "", "selection": "/s.csv",
+                                  "cache": "/c", "runs": "/r"})
+    pages = [page for _, page, _ in plan]
+    assert pages[0] == "02_data_selection" and pages[-1] == "06_results"
+    mfcc_focal = next(p for _, page, p in plan if page == "05_training_mfcc_focal")
+    assert mfcc_focal["run_dir"] == "/r/mfcc_focal" and mfcc_focal["epochs"] == 1
+
+
+def test_failing_cell_names_chapter_and_cell(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("1 / 0  # boom")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    source = tmp_path / "broken.ipynb"
+    nbformat.write(nb, source)
+    with pytest.raises(SerlibError) as error:
+        execute_chapter(source, tmp_path / "out.ipynb", parameters={}, cwd=tmp_path,
+                        chapter="99_broken")
+    message = str(error.value)
+    assert "chapter 99_broken failed in cell 2" in message
+    assert "ZeroDivisionError" in message and "1 / 0  # boom" in message
+    assert (tmp_path / "out.ipynb").exists()  # the executed notebook is kept
+
+
+def test_model_chapter_executes(tmp_path):
+    import papermill
+
+    from serlib.book import BOOK_DIR
+
+    out = tmp_path / "04.ipynb"
+    papermill.execute_notebook(str(BOOK_DIR / "04_model_and_focal_loss.ipynb"), str(out),
+                               parameters={"width": 8}, kernel_name="python3",
+                               progress_bar=False, cwd=str(tmp_path))
+    text = json.dumps(nbformat.read(out, as_version=4).cells)
+    assert "11,172,292 parameters" in text and "96 % lower" in text
+
+
+@pytest.mark.slow
+def test_whole_book_builds(built_book):
+    for page in PAGES:
+        assert (built_book / "book" / f"{page}.html").is_file(), page
+    results = (built_book / "book" / "06_results.html").read_text()
+    assert "Table 1" in results and "Satt et al. (2017)" in results
+    assert (built_book / "_static" / "mathjax" / "tex-chtml.js").is_file()  # offline math

@@ -1,0 +1,81 @@
+"""Tables and figures from run folders; the results chapter renders from runs made here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from serlib.errors import SerlibError
+from serlib.results import (
+    confusion_table,
+    fold_table,
+    load_run,
+    load_runs,
+    plot_confusion_pair,
+    plot_learning_curves,
+    provenance,
+    table1,
+    table4,
+)
+from tests.fake_runs import write_fake_grid, write_fake_run
+
+matplotlib.use("Agg")
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+
+def test_tables_from_runs(tmp_path):
+    runs = load_runs(write_fake_grid(tmp_path))
+    t1 = table1(runs)
+    assert "Satt et al. (2017)" in t1.index and "Ours: MFCC + focal loss" in t1.index
+    summary = runs[("mfcc", "focal")].summary
+    assert t1.loc["Ours: MFCC + focal loss", "WA"] == \
+        f"{100 * summary['wa_mean']:.1f} ± {100 * summary['wa_std']:.1f}"
+    t4 = table4(runs)
+    assert len(t4) == 4 and t4.loc[("mfcc", "focal"), "paper UA"] == 66.7
+    confusion = confusion_table(runs[("mfcc", "softmax")])
+    np.testing.assert_allclose(confusion.sum(axis=1), 100, atol=0.3)
+    assert list(confusion.index) == ["neu", "hap", "sad", "ang"]
+    assert len(fold_table(runs[("mfcc", "softmax")])) == 2
+
+
+def test_provenance_labels_generated_corpus(tmp_path):
+    run = load_run(write_fake_run(tmp_path / "r", feature="mfcc", loss="focal"))
+    line = provenance(run, profile="smoke")
+    assert "generated IEMOCAP-shaped corpus (not IEMOCAP)" in line
+    for needle in ("2-fold stratified", "profile: smoke", "commit: abc123"):
+        assert needle in line
+
+
+def test_figures(tmp_path):
+    run = load_run(write_fake_run(tmp_path / "r", feature="mfcc", loss="focal"))
+    assert len(plot_learning_curves(run).axes) == 2
+    assert len(plot_confusion_pair(confusion_table(run), confusion_table(run), title="x").axes) == 2
+
+
+def test_missing_files_are_named(tmp_path):
+    folder = write_fake_run(tmp_path / "r", feature="mfcc", loss="focal")
+    (folder / "history.csv").unlink()
+    with pytest.raises(SerlibError, match=r"history\.csv is missing"):
+        load_run(folder)
+    with pytest.raises(SerlibError, match="no finished run folder"):
+        load_runs(tmp_path / "r" / "fold_1")
+
+
+def test_results_chapter_renders_from_runs(tmp_path):
+    import nbformat
+    import papermill
+
+    runs = write_fake_grid(tmp_path / "runs")
+    out = tmp_path / "06_results.ipynb"
+    papermill.execute_notebook(str(BOOK / "06_results.ipynb"), str(out), kernel_name="python3",
+                               parameters={"runs_dir": str(runs), "profile": "test"},
+                               progress_bar=False, cwd=str(tmp_path))
+    text = "\n".join(str(o.get("data", o.get("text", "")))
+                     for cell in nbformat.read(out, as_version=4).cells
+                     for o in cell.get("outputs", []))
+    assert "Ours: MFCC + focal loss" in text and "Satt et al. (2017)" in text
+    assert "not IEMOCAP results" in text  # generated-corpus results are labelled
+    assert "profile: test" in text and "image/png" in text
