@@ -1,0 +1,161 @@
+"""Training benchmark (CPU): how close a ResNet-18 step gets to the machine's matmul peak, and
+how much serlib's epoch loop adds on top of the pure model steps.
+
+Prints JSON. In one run:
+
+- ``matmul_gflops``: a 2048 x 2048 float32 matmul (best of several): the practical peak;
+- ``train_step_gflops``: ResNet-18 width 64 on (32, 1, 128, 259), forward + backward + Adam step,
+  FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward);
+- ``step_fraction_of_peak`` = train_step_gflops / matmul_gflops (target >= 0.6);
+- ``epoch_overhead`` = wall time of one epoch through ``serlib.training.train_one_epoch`` / the
+  sum of the same steps timed alone on ready-made batches (target <= 1.10);
+- ``samples_per_s``: training samples per second for widths 16 and 64, both features.
+
+Usage: python benchmarks/training.py [--steps 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from serlib.losses import focal_loss
+from serlib.models import ResNet18
+from serlib.training import _Batches, train_one_epoch
+
+SHAPES = {"spectrogram": (128, 259), "mfcc": (40, 259)}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def make_step(width: int, shape: tuple[int, int], batch: int, *, channels_last: bool = False):
+    model = ResNet18(width=width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, *shape)
+    y = torch.randint(0, 4, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        loss = focal_loss(model(x), y, gamma=2.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return model, step, x, y
+
+
+def step_flops(width: int, shape: tuple[int, int], batch: int) -> float:
+    model, _, x, y = make_step(width, shape, batch)
+    with FlopCounterMode(display=False) as counter:
+        focal_loss(model(x), y, gamma=2.0).backward()
+    return float(counter.get_total_flops())
+
+
+def time_steps(step, steps: int) -> float:
+    step()  # warm-up: allocations, oneDNN primitive creation
+    return min(_timed(step) for _ in range(steps))
+
+
+def epoch_overhead(*, width: int = 16, shape=(128, 259), batch: int = 32, n_batches: int = 8
+                   ) -> dict:
+    """One epoch through serlib's loop vs the same steps timed alone."""
+    rng = np.random.default_rng(0)
+    n = batch * n_batches
+    x = rng.normal(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, 4, n)
+    device = torch.device("cpu")
+    data = _Batches(x, y, device=device)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = ResNet18(width=width)
+        return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    criterion = lambda logits, target: focal_loss(logits, target, gamma=2.0)  # noqa: E731
+    model, optimizer = fresh()
+    train_one_epoch(model, data, optimizer=optimizer, criterion=criterion, batch_size=batch,
+                    generator=torch.Generator().manual_seed(0), device=device)  # warm-up
+    model, optimizer = fresh()
+    epoch_s = _timed(lambda: train_one_epoch(
+        model, data, optimizer=optimizer, criterion=criterion, batch_size=batch,
+        generator=torch.Generator().manual_seed(1), device=device))
+
+    model, optimizer = fresh()
+    batches = list(data.batches(batch, generator=torch.Generator().manual_seed(1)))
+    model.train()
+    pure = 0.0
+    for xb, yb in batches:
+        def step(xb=xb, yb=yb):
+            loss = criterion(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        pure += _timed(step)
+    return {"epoch_s": round(epoch_s, 3), "pure_steps_s": round(pure, 3),
+            "epoch_overhead": round(epoch_s / pure, 3), "width": width, "batches": n_batches}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (best of)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    batch = 32
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "threads": torch.get_num_threads(),
+    }
+    peak = matmul_gflops()
+    flops = step_flops(64, SHAPES["spectrogram"], batch)
+    layouts = {}
+    for channels_last in (False, True):
+        _, step, _, _ = make_step(64, SHAPES["spectrogram"], batch, channels_last=channels_last)
+        layouts["channels_last" if channels_last else "contiguous"] = time_steps(step, args.steps)
+    layout, seconds = min(layouts.items(), key=lambda item: item[1])
+    report.update({
+        "matmul_gflops": round(peak, 1),
+        "train_step_gflop": round(flops / 1e9, 1),
+        "train_step_s": {k: round(v, 3) for k, v in layouts.items()},
+        "train_step_gflops": round(flops / seconds / 1e9, 1),
+        "best_layout": layout,
+        "step_fraction_of_peak": round(flops / seconds / 1e9 / peak, 3),
+    })
+    report.update(epoch_overhead())
+    samples = {}
+    for feature, shape in SHAPES.items():
+        for width in (16, 64):
+            _, step, _, _ = make_step(width, shape, batch)
+            samples[f"{feature}_width{width}"] = round(batch / time_steps(step, args.steps), 1)
+    report["samples_per_s"] = samples
+    report["targets_met"] = {
+        "step_fraction_of_peak>=0.6": report["step_fraction_of_peak"] >= 0.6,
+        "epoch_overhead<=1.10": report["epoch_overhead"] <= 1.10,
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
