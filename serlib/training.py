@@ -236,7 +236,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
         per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``n_fit``, ``n_val``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     seed = config.seed * 1000 + fold
     torch.manual_seed(seed)
@@ -427,7 +427,7 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
     dict
         The content of ``summary.json`` (fractions in 0..1).
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from serlib.features import FeatureConfig, extract_corpus
 

@@ -224,7 +224,7 @@ def load_iemocap(root: str | os.PathLike, *, progress: bool = False) -> pd.DataF
         ``"iemocap"``. Utterances whose wav is missing are left out with a warning listing them;
         if every wav is missing, :class:`SerlibError` is raised.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     release = find_release_root(root)
     corpus = "generated" if (release / SYNTHETIC_MARKER).exists() else "iemocap"

@@ -220,7 +220,7 @@ def _write_audio(jobs: list[tuple[str, int, str, str, int]], *, progress: bool) 
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     n_jobs = min(os.cpu_count() or 1, 8)
     with tqdm(total=len(jobs), desc="synth", unit="utt", disable=not progress) as bar:

@@ -344,7 +344,7 @@ def _run_jobs(
     per-clip Python work holds the GIL long enough that two threads ran slower than one).
     Any other exception aborts the whole run.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     results: list[np.ndarray | None] = [None] * len(paths)
     errors: list[str | None] = [None] * len(paths)
