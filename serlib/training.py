@@ -134,8 +134,7 @@ def normalisation_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _criterion(config: TrainConfig):
     gamma = config.gamma if config.loss == "focal" else 0.0
     alpha = config.alpha if config.loss == "focal" else None
-    return lambda logits, target, reduction="mean": focal_loss(
-        logits.float(), target, gamma=gamma, alpha=alpha, reduction=reduction)
+    return lambda logits, target: focal_loss(logits.float(), target, gamma=gamma, alpha=alpha)
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -270,6 +269,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         if scheduler is not None:
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device)
+        # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
         val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))),
                                    val.y.cpu()))
         report = classification_report_dict(val.y.numpy(), probs.argmax(1),

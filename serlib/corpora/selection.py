@@ -14,11 +14,46 @@ from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
 
 
-def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
+                   ) -> tuple[str, ...]:
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes):
         raise SerlibError(f"classes={classes!r} must be a non-empty list of distinct names")
+    if min_agree < 0:
+        raise SerlibError(f"min_agree={min_agree!r} must be >= 0")
+    if not max_seconds > 0:
+        raise SerlibError(f"max_seconds={max_seconds!r} must be > 0 (seconds)")
     return classes
+
+
+def _relabel(table: pd.DataFrame, *, merge_excited: bool) -> pd.DataFrame:
+    missing = [c for c in ("label", "improvised", "n_agree", "duration_s") if c not in table]
+    if missing:
+        raise SerlibError(f"corpus table lacks column(s) {', '.join(missing)}")
+    table = table.copy()
+    if merge_excited:
+        table.loc[table["raw_label"] == "exc", "label"] = "happiness"
+    return table
+
+
+def _filters(table: pd.DataFrame, *, classes: tuple[str, ...], improvised_only: bool,
+             merge_excited: bool, min_agree: int):
+    """Yield (step name, rows kept so far) for each filter of the paper's selection, in order.
+
+    The one place where the selection's filters live: :func:`select_utterances` keeps the last
+    frame, :func:`selection_steps` counts every one.
+    """
+    frame = _relabel(table, merge_excited=merge_excited)
+    yield "all utterances", frame
+    if improvised_only:
+        frame = frame[frame["improvised"]]
+        yield "improvised dialogs", frame
+    frame = frame[frame["label"].isin(classes)]
+    yield f"{len(classes)} classes", frame
+    if min_agree > 0:
+        # rows without agreement data (manifest corpora) are not filtered
+        frame = frame[frame["n_agree"].isna() | (frame["n_agree"].fillna(0) >= min_agree)]
+        yield f">= {min_agree} evaluators agree", frame
 
 
 def selection_steps(
@@ -39,37 +74,19 @@ def selection_steps(
         of clips longer than ``max_seconds``, which are kept and cut), columns ``step``,
         ``n_utterances`` and one count column per class.
     """
-    classes = _check_classes(classes)
+    classes = _check_options(classes, min_agree=min_agree, max_seconds=max_seconds)
     steps = []
-
-    def record(name: str, frame: pd.DataFrame) -> None:
+    for name, frame in _filters(table, classes=classes, improvised_only=improvised_only,
+                                merge_excited=merge_excited, min_agree=min_agree):
+        steps.append((name, frame))
+    steps.append((f"of which longer than {max_seconds:g} s (kept, cut)",
+                  frame[frame["duration_s"] > max_seconds]))
+    rows = []
+    for name, frame in steps:
         counts = frame["label"].value_counts()
-        steps.append({"step": name, "n_utterances": len(frame),
-                      **{c: int(counts.get(c, 0)) for c in classes}})
-
-    frame = _relabel(table, merge_excited=merge_excited)
-    record("all utterances", frame)
-    if improvised_only:
-        frame = frame[frame["improvised"]]
-        record("improvised dialogs", frame)
-    frame = frame[frame["label"].isin(classes)]
-    record(f"{len(classes)} classes", frame)
-    if min_agree > 0 and frame["n_agree"].notna().any():
-        frame = frame[frame["n_agree"].fillna(0) >= min_agree]
-        record(f">= {min_agree} evaluators agree", frame)
-    record(f"of which longer than {max_seconds:g} s (kept, cut)",
-           frame[frame["duration_s"] > max_seconds])
-    return pd.DataFrame(steps)
-
-
-def _relabel(table: pd.DataFrame, *, merge_excited: bool) -> pd.DataFrame:
-    missing = [c for c in ("label", "improvised", "n_agree", "duration_s") if c not in table]
-    if missing:
-        raise SerlibError(f"corpus table lacks column(s) {', '.join(missing)}")
-    table = table.copy()
-    if merge_excited:
-        table.loc[table["raw_label"] == "exc", "label"] = "happiness"
-    return table
+        rows.append({"step": name, "n_utterances": len(frame),
+                     **{c: int(counts.get(c, 0)) for c in classes}})
+    return pd.DataFrame(rows)
 
 
 def select_utterances(
@@ -108,18 +125,10 @@ def select_utterances(
         always one of ``classes``. On a real IEMOCAP release the defaults give 2,280
         utterances: neutral 1,099, happiness 284, sadness 608, anger 289.
     """
-    classes = _check_classes(classes)
-    if min_agree < 0:
-        raise SerlibError(f"min_agree={min_agree!r} must be >= 0")
-    if not max_seconds > 0:
-        raise SerlibError(f"max_seconds={max_seconds!r} must be > 0 (seconds)")
-    frame = _relabel(table, merge_excited=merge_excited)
-    keep = frame["label"].isin(classes)
-    if improvised_only:
-        keep &= frame["improvised"]
-    if min_agree > 0:
-        keep &= frame["n_agree"].isna() | (frame["n_agree"].fillna(0) >= min_agree)
-    selected = frame[keep].copy()
+    classes = _check_options(classes, min_agree=min_agree, max_seconds=max_seconds)
+    *_, (_, selected) = _filters(table, classes=classes, improvised_only=improvised_only,
+                                 merge_excited=merge_excited, min_agree=min_agree)
+    selected = selected.copy()
     selected["longer_than_max"] = selected["duration_s"] > max_seconds
     return selected.reset_index(drop=True)
 
