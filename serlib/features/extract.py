@@ -182,9 +182,12 @@ def _mel_power(y: np.ndarray, config: FeatureConfig, n_valid: int | None) -> np.
         if n_needed < config.n_frames:
             length = min(len(y), max(n_valid, (n_needed - 1) * hop, config.n_fft))
             part = np.abs(librosa.stft(y[:length], **kwargs)[:, :n_needed]) ** config.power
-            mel = np.zeros((config.n_mels, config.n_frames), dtype=part.dtype)
-            mel[:, :n_needed] = basis @ part
-            return mel
+            # the product is taken at full width: BLAS blocks a narrower matrix differently,
+            # and its sums then differ from librosa's in the last bits (amplified up to 12x by
+            # an MFCC lifter); at full width they are bit-identical
+            power = np.zeros((part.shape[0], config.n_frames), dtype=part.dtype)
+            power[:, :n_needed] = part
+            return basis @ power
     return basis @ (np.abs(librosa.stft(y, **kwargs)) ** config.power)
 
 
