@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serlib.corpora import load_iemocap, parse_utterance_id, select_utterances
+from serlib.corpora import (
+    load_iemocap,
+    parse_utterance_id,
+    select_utterances,
+    selection_steps,
+)
 from serlib.corpora.iemocap import parse_evaluation_file
 from serlib.errors import SerlibError
 from tests.fixtures_iemocap import build_real_count_tree
@@ -137,8 +142,32 @@ def test_all_wavs_missing_is_fatal(tmp_path):
 def test_unknown_vote_words_are_counted(tmp_path):
     text = BLOCKS.replace("C-E4:\tFrustration;", "C-E4:\tGrumpy; Grumpy;")
     write_tree(tmp_path, text=text)
-    with pytest.warns(UserWarning, match=r"unknown vote words \(ignored\): 'Grumpy' x2"):
+    with pytest.warns(UserWarning, match=r"(?s)2 unknown vote words.*'Grumpy' x2 \(first in "
+                                         r".*Ses01F_impro05\.txt, line 6\)"):
+        table = load_iemocap(tmp_path)
+    assert table["n_agree"].tolist() == [2, 2]  # not fatal, not counted as votes
+
+
+def test_bad_utterance_id_names_file_and_line(tmp_path):
+    write_tree(tmp_path, text=BLOCKS.replace("Ses01F_impro05_M020", "Ses01F_impro05_X020"))
+    with pytest.raises(SerlibError, match=r"Ses01F_impro05\.txt, line 11: not an IEMOCAP "
+                                          r"utterance id: 'Ses01F_impro05_X020'"):
         load_iemocap(tmp_path)
+
+
+def test_votes_with_comments_and_several_evaluators(tmp_path):
+    text = """[1.0000 - 2.5000]\tSes02M_script01_1_F000\tsad\t[2.0000, 2.0000, 2.0000]
+C-E1:\tSadness; Frustration;\t(tired)
+C-E2:\tNeutral state;\t()
+C-E5:\tSadness;\tno parentheses here
+C-E6:\tsadness;\t()
+C-F1:\tSadness;\t()
+A-E1:\tval 2; act 2; dom  2;\t()
+"""
+    path = tmp_path / "Ses02M_script01_1.txt"
+    path.write_text(text)
+    (row,) = parse_evaluation_file(path).rows
+    assert row["n_agree"] == 3  # E1, E5, E6 (case-insensitive); not E2, not the actor F1
 
 
 def test_real_counts_give_guide_numbers(tmp_path):
@@ -161,6 +190,9 @@ def test_real_counts_give_guide_numbers(tmp_path):
         "Ses01F": 217, "Ses01M": 205, "Ses02F": 185, "Ses02M": 208, "Ses03F": 264,
         "Ses03M": 274, "Ses04F": 149, "Ses04M": 221, "Ses05F": 298, "Ses05M": 259,
     }
+    steps = selection_steps(table).set_index("step")
+    assert steps.loc[">= 2 evaluators agree", "n_utterances"] == 2280
+    assert steps.loc["all utterances", "n_utterances"] == len(table) == 2280 + 10 * 8
     # merging excited adds the improvised exc utterances (one per speaker) to happiness
     merged = select_utterances(table, merge_excited=True)
     assert (merged["label"] == "happiness").sum() == 284 + 10

@@ -43,9 +43,32 @@ def test_missing_audio_names_line(tmp_path):
         load_manifest(path)
 
 
-def test_bad_session(tmp_path):
+def test_bad_session_or_gender(tmp_path):
     path = make_manifest(tmp_path, "path,label,speaker,session\na.wav,anger,s1,one\n")
-    with pytest.raises(SerlibError, match=r"line 2: session must be an integer"):
+    with pytest.raises(SerlibError, match=r"corpus\.csv, line 2: session must be an integer"):
+        load_manifest(path)
+    path = make_manifest(tmp_path, "path,label,speaker,gender\na.wav,anger,s1,f\n"
+                                   "b.wav,anger,s1,female\n")
+    with pytest.raises(SerlibError, match=r"corpus\.csv, line 3: gender must be F, M or empty"):
+        load_manifest(path)
+
+
+def test_missing_csv_and_empty_rows(tmp_path):
+    with pytest.raises(SerlibError, match=r"nope\.csv: manifest CSV does not exist"):
+        load_manifest(tmp_path / "nope.csv")
+    path = make_manifest(tmp_path, "path,label,speaker\n")
+    with pytest.raises(SerlibError, match=r"corpus\.csv: the manifest has no rows"):
+        load_manifest(path)
+    path = make_manifest(tmp_path, "path,label,speaker\na.wav,,s1\n")
+    with pytest.raises(SerlibError, match=r"corpus\.csv, line 2: empty 'label'"):
+        load_manifest(path)
+
+
+def test_repeated_file_names(tmp_path):
+    (tmp_path / "sub").mkdir()
+    sf.write(tmp_path / "sub" / "a.wav", np.zeros(800, dtype=np.int16), 16000)
+    path = make_manifest(tmp_path, "path,label,speaker\na.wav,anger,s1\nsub/a.wav,anger,s2\n")
+    with pytest.raises(SerlibError, match=r"corpus\.csv: file names must be unique.*repeated: a"):
         load_manifest(path)
 
 
@@ -53,6 +76,8 @@ def test_emodb(emodb_manifest):
     table = load_manifest(emodb_manifest)
     assert len(table) == 535
     assert table["speaker"].nunique() == 10
+    assert set(table["gender"]) == {"F", "M"}
+    assert table["speaker"].str.fullmatch(r"\d\d").all()  # "03" stays "03"
     selected = select_utterances(table)
     assert selected["label"].value_counts().to_dict() == {
         "anger": 127, "neutral": 79, "happiness": 71, "sadness": 62}

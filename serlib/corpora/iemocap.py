@@ -63,7 +63,7 @@ SUMMARY_LINE = re.compile(
 )
 # C-E1:<TAB>Anger; Frustration;<TAB>(comment)   (E: external evaluator; F/M: the actor)
 CATEGORICAL_LINE = re.compile(
-    r"^C-(?P<evaluator>(?P<kind>[EFM])\d+):\s*(?P<votes>[^\t(]*?)\s*(?:\((?P<comment>.*)\))?\s*$"
+    r"^C-(?P<evaluator>(?P<kind>[EFM])\d+):\s*(?P<votes>[^\t(]*)(?P<comment>.*)$"
 )
 # A-E3:<TAB>val 2; act 4; dom  4;<TAB>()
 DIMENSIONAL_LINE = re.compile(r"^A-(?P<evaluator>[EFM]\d+):\s*val\s*(?P<val>[\d.]+);")
@@ -132,6 +132,8 @@ class EvaluationFile:
 
     rows: list[dict] = field(default_factory=list)
     unknown_votes: Counter = field(default_factory=Counter)
+    #: where each unknown vote word was first seen: "<file>, line <n>"
+    unknown_first_seen: dict[str, str] = field(default_factory=dict)
 
 
 def parse_evaluation_file(path: str | os.PathLike) -> EvaluationFile:
@@ -181,6 +183,7 @@ def parse_evaluation_file(path: str | os.PathLike) -> EvaluationFile:
                 code = normalise_vote(word)
                 if code is None:
                     result.unknown_votes[word] += 1
+                    result.unknown_first_seen.setdefault(word, f"{path}, line {number}")
                 else:
                     codes.add(code)
             current["votes"].append(codes)
@@ -234,9 +237,12 @@ def load_iemocap(root: str | os.PathLike, *, progress: bool = False) -> pd.DataF
     )
     rows, missing = [], []
     unknown: Counter = Counter()
+    first_seen: dict[str, str] = {}
     for evaluation in tqdm(files, desc="EmoEvaluation", unit="file", disable=not progress):
         parsed = parse_evaluation_file(evaluation)
         unknown.update(parsed.unknown_votes)
+        for word, where in parsed.unknown_first_seen.items():
+            first_seen.setdefault(word, where)
         session_dir = evaluation.parents[2]
         for row in parsed.rows:
             try:
@@ -266,8 +272,10 @@ def load_iemocap(root: str | os.PathLike, *, progress: bool = False) -> pd.DataF
                 "corpus": corpus,
             })
     if unknown:
-        listed = ", ".join(f"{word!r} x{n}" for word, n in unknown.most_common())
-        warnings.warn(f"{release}: unknown vote words (ignored): {listed}", stacklevel=2)
+        listed = "\n  ".join(f"{word!r} x{n} (first in {first_seen[word]})"
+                             for word, n in unknown.most_common())
+        warnings.warn(f"{release}: {sum(unknown.values())} unknown vote words (not counted as "
+                      f"votes):\n  {listed}", stacklevel=2)
     if missing and not rows:
         raise SerlibError(
             f"{release}: none of the {len(missing)} utterances has its wav file "

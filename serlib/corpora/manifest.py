@@ -63,6 +63,8 @@ def load_manifest(csv_path: str | os.PathLike) -> pd.DataFrame:
         if session and not session.isdigit():
             raise SerlibError(f"{where}: session must be an integer, got {session!r}")
         gender = record.get("gender", "").strip().upper() or None
+        if gender not in (None, "F", "M"):
+            raise SerlibError(f"{where}: gender must be F, M or empty, got {record['gender']!r}")
         rows.append({
             "utterance_id": wav.stem,
             "path": str(wav.resolve()),

@@ -10,6 +10,8 @@ audio comes from :func:`serlib.corpora.speech.synthesize_speech`.
 The paper's selection of the generated tree has the paper's class shares (48.8 / 12.3 / 26.9 /
 12.0 %) for the ``tiny`` and ``small`` sizes, and exactly the real IEMOCAP counts for the
 ``iemocap`` size (:data:`IEMOCAP_SELECTED_PER_SPEAKER`, :data:`IEMOCAP_SELECTED_PER_CLASS`).
+For ``iemocap`` the per-speaker totals and the per-class totals are exact; the cells of the
+speaker x class table are a proportional split of those margins (:func:`selected_counts`).
 Durations are log-normal with a median of 3.5 s; about a fifth are longer than 6 s.
 """
 
@@ -56,6 +58,11 @@ PAPER_SHARES = {"neutral": 48.8, "happiness": 12.3, "sadness": 26.9, "anger": 12
 SIZES = {"tiny": 80, "small": 360, "iemocap": 2280}
 #: Distractor utterances (not selected by the defaults) per selected one.
 DISTRACTOR_RATIO = 0.8
+#: Log-normal durations: median (s), log-space spread, and bounds (s). IEMOCAP's selection has
+#: median 3.49 s, 23 % longer than 6 s (ln(6 / 3.49) / 0.73 = 0.74 standard deviations).
+DURATION_MEDIAN_S = 3.49
+DURATION_SIGMA = 0.73
+DURATION_BOUNDS_S = (0.6, 20.0)
 
 CODE_OF = {"neutral": "neu", "happiness": "hap", "sadness": "sad", "anger": "ang"}
 VOTE_WORD = {
@@ -137,10 +144,28 @@ def _plan(size: str, rng: np.random.Generator) -> pd.DataFrame:
                 code = rng.choice(["neu", "hap", "sad", "ang"])
                 rows.append((speaker, str(code), True, 1))
     plan = pd.DataFrame(rows, columns=["speaker", "code", "improvised", "n_agree"])
-    # shuffle so that dialogs mix classes and distractors, then draw durations
-    plan = plan.sample(frac=1.0, random_state=rng.integers(2**31)).reset_index(drop=True)
-    plan["duration_s"] = np.clip(np.exp(rng.normal(np.log(3.5), 0.68, len(plan))), 0.8, 20.0)
-    return plan
+    # durations: stratified draws, separately for the selected utterances and the distractors,
+    # so that even a small selection has IEMOCAP's median and share of long clips
+    selected = plan["n_agree"].isna() & plan["improvised"] & plan["code"].isin(CODE_OF.values())
+    plan["duration_s"] = 0.0
+    for mask in (selected, ~selected):
+        plan.loc[mask, "duration_s"] = _durations(int(mask.sum()), rng)
+    # shuffle so that dialogs mix classes and distractors
+    return plan.sample(frac=1.0, random_state=rng.integers(2**31)).reset_index(drop=True)
+
+
+def _durations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` log-normal durations (s) between the bounds, drawn one per quantile stratum.
+
+    Median 3.49 s and 23 % longer than 6 s, as IEMOCAP's selection (GUIDE.md section 2).
+    """
+    from scipy.stats import norm
+
+    low, high = norm.cdf(np.log(np.array(DURATION_BOUNDS_S) / DURATION_MEDIAN_S)
+                         / DURATION_SIGMA)
+    p = (rng.permutation(n) + rng.uniform(0, 1, n)) / max(n, 1)
+    z = norm.ppf(low + p * (high - low))
+    return DURATION_MEDIAN_S * np.exp(DURATION_SIGMA * z)
 
 
 def _dialogs(session: int, improvised: bool) -> list[str]:
@@ -188,16 +213,19 @@ def _votes(code: str, n_agree: int | None, rng: np.random.Generator) -> list[lis
 def _block(uid: str, code: str, start: float, end: float, n_agree: int | None,
            gender: str, rng: np.random.Generator) -> str:
     val, act, dom = DIMENSIONS.get(code, (3.0, 3.0, 3.0))
-    dims = np.clip(np.round(np.array([val, act, dom]) + rng.normal(0, 0.4, 3), 0) , 1, 5)
+    dims = np.clip(np.round(np.array([val, act, dom]) + rng.normal(0, 0.4, 3)), 1, 5)
     half = np.clip(np.round(dims * 2 + rng.integers(-1, 2, 3)) / 2, 1, 5)
     lines = [f"[{start:.4f} - {end:.4f}]\t{uid}\t{code}\t"
              f"[{half[0]:.4f}, {half[1]:.4f}, {half[2]:.4f}]"]
     votes = _votes(code, n_agree, rng)
-    for k, words in enumerate(votes, start=1):
+    # as in the release, evaluator numbers vary between utterances (E2, E3, E4 ...)
+    evaluators = np.sort(rng.choice(np.arange(1, 7), size=len(votes), replace=False))
+    for k, words in zip(evaluators, votes, strict=True):
         lines.append(f"C-E{k}:\t{'; '.join(words)};\t()")
     self_word = VOTE_WORD.get(code if code != "xxx" else "fru", "Neutral")
-    lines.append(f"C-{gender}1:\t{self_word};\t()")
-    for k in range(1, len(votes) + 1):
+    comment = str(rng.choice(["", "", "", "calm", "tense", "mildly annoyed", "amused"]))
+    lines.append(f"C-{gender}1:\t{self_word};\t({comment})")
+    for k in evaluators:
         v, a, d = (int(x) for x in np.clip(dims + rng.integers(-1, 2, 3), 1, 5))
         lines.append(f"A-E{k}:\tval {v}; act {a}; dom  {d};\t()")
     v, a, d = (int(x) for x in dims)
@@ -267,13 +295,16 @@ def generate_corpus(
     if size not in SIZES:
         raise SerlibError(f"size={size!r} must be one of {', '.join(SIZES)}")
     root = Path(out_dir).expanduser() / RELEASE_NAME
-    marker = {"generator": "serlib.corpora.synthetic", "format": 1, "seed": int(seed),
+    marker = {"generator": "serlib.corpora.synthetic", "format": 2, "seed": int(seed),
               "size": size, "sample_rate": SAMPLE_RATE}
     if (root / SYNTHETIC_MARKER).exists():
-        if json.loads((root / SYNTHETIC_MARKER).read_text()) == marker:
+        found = json.loads((root / SYNTHETIC_MARKER).read_text())
+        if found == marker:
             return root
+        differs = ", ".join(f"{key} {found.get(key)!r} (wanted {value!r})"
+                            for key, value in marker.items() if found.get(key) != value)
         raise SerlibError(
-            f"{root}: a generated corpus with other settings is already there; "
+            f"{root}: a generated corpus with other settings is already there ({differs}); "
             "choose another --out or delete it"
         )
     if root.exists():
