@@ -64,9 +64,11 @@ def focal_loss(
     if gamma == 0:
         loss = -log_pt
     else:
-        pt = log_pt.exp()
-        # (1 - p_t)^gamma; clamp keeps the base >= 0 where p_t rounds to 1
-        loss = -((1.0 - pt).clamp(min=0.0) ** gamma) * log_pt
+        # 1 - p_t = -expm1(log p_t): accurate where p_t is close to 1. The base is kept >= the
+        # smallest normal float, so that d/dp (1 - p)^gamma stays finite for gamma < 1 where
+        # p_t rounds to 1 (there log p_t = 0 and the loss and its gradient are 0).
+        base = (-torch.expm1(log_pt)).clamp(min=torch.finfo(log_pt.dtype).tiny)   # (B,)
+        loss = -(base ** gamma) * log_pt
     if alpha is not None:
         weights = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
         if weights.shape != logits.shape[1:]:

@@ -62,15 +62,47 @@ def make_folds(selection: pd.DataFrame, *, protocol: str, n_folds: int, seed: in
     return [(np.sort(train), np.sort(test)) for train, test in splits]
 
 
-def validation_split(train_idx: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a stratified validation part out of a training part (never the test fold).
+def validation_split(train_idx: np.ndarray, labels: np.ndarray, *, fraction: float, seed: int,
+                     groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a validation part out of a training part (never the test fold).
 
-    Returns (fit_idx, val_idx), sorted subsets of ``train_idx``.
+    Parameters
+    ----------
+    train_idx : np.ndarray of int, shape (n_train,)
+        Positional indices of the training part.
+    labels : np.ndarray, shape (N,)
+        Labels of every row (indexed by ``train_idx``).
+    fraction : float
+        Share of ``train_idx`` held out for validation, in (0, 1).
+    seed : int
+    groups : np.ndarray, shape (N,), optional
+        Speakers of every row. When given, the validation part is speaker-disjoint from the
+        rest: whole speakers are held out (stratified by label as far as speakers allow), about
+        ``fraction`` of the training part, at least one speaker. Needs >= 2 speakers in the
+        training part.
+
+    Returns
+    -------
+    (fit_idx, val_idx)
+        Sorted, disjoint subsets of ``train_idx`` that together cover it.
     """
     if not 0 < fraction < 1:
         raise SerlibError(f"val_fraction={fraction!r} must be between 0 and 1")
+    train_idx = np.asarray(train_idx)
     y = labels[train_idx]
+    if groups is not None:
+        speakers = np.asarray(groups)[train_idx].astype(str)
+        n_speakers = len(np.unique(speakers))
+        if n_speakers < 2:
+            raise SerlibError(
+                f"a speaker-disjoint validation split needs >= 2 speakers in the training "
+                f"part, got {n_speakers}"
+            )
+        # one of round(1 / fraction) speaker-disjoint folds is the validation part
+        n_splits = min(max(2, round(1 / fraction)), n_speakers)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        fit, val = next(splitter.split(train_idx, y, groups=speakers))
+        return np.sort(train_idx[fit]), np.sort(train_idx[val])
     classes, counts = np.unique(y, return_counts=True)
     n_val = int(np.ceil(fraction * len(y)))
     # stratify when every class can appear on both sides, else a plain seeded split

@@ -15,8 +15,10 @@ same numbers as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -58,7 +60,8 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"       # "cosine" (to 0 over `epochs`) or "constant"
-    val_fraction: float = 0.1      # inner validation split of the training part
+    val_fraction: float = 0.1      # inner validation split of the training part (whole
+                                   # speakers under the session protocol, see train_fold)
     patience: int = 10             # stop after this many epochs without a better val UA; 0: off
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
@@ -149,8 +152,9 @@ class _Batches:
     """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets.
 
     Batches are in channels_last layout (on this project's 2-core CPU a ResNet-18 step is
-    1.3-1.5x faster so at widths >= 16; see benchmarks/README.md). On CUDA the pinned host
-    tensors are copied per batch with ``non_blocking``. No file I/O per step.
+    1.3-1.5x faster so at widths >= 16; see benchmarks/README.md). On CUDA the whole split is
+    copied to the device once (from pinned memory, ``non_blocking``; the paper's 2,280 clips of
+    128 x 259 float32 are 0.3 GB) and batches are gathered there. No file I/O per step.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, *, device: torch.device):
@@ -158,26 +162,42 @@ class _Batches:
         self.y = torch.from_numpy(y.astype(np.int64))
         self.device = device
         if device.type == "cuda":
-            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+            self.x = self.x.pin_memory().to(device, non_blocking=True)   # (N, 1, F, T)
+            self.y = self.y.pin_memory().to(device, non_blocking=True)   # (N,)
 
     def __len__(self) -> int:
         return len(self.y)
 
     def batches(self, batch_size: int, *, generator: torch.Generator | None = None):
+        """Yield (x (B, 1, F, T) channels_last, y (B,)); shuffled with ``generator`` (a CPU
+        generator, so the order is the same on every device), in order without one."""
         n = len(self.y)
         order = torch.randperm(n, generator=generator) if generator is not None \
             else torch.arange(n)
+        order = order.to(self.x.device)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             if generator is not None and len(rows) < 2:
                 continue  # batch norm cannot train on a single sample
-            xb, yb = self.x[rows], self.y[rows]
-            if self.device.type == "cuda":
-                xb = xb.to(self.device, non_blocking=True, memory_format=torch.channels_last)
-                yb = yb.to(self.device, non_blocking=True)
-            else:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, yb
+            xb = self.x[rows].contiguous(memory_format=torch.channels_last)
+            yield xb, self.y[rows]
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    """On the CPU, deterministic kernels only (the same seed gives the same numbers); the
+    previous setting is restored afterwards. On CUDA, cuDNN's fastest kernels are kept (runs
+    there are repeatable only up to floating-point reordering)."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _autocast(device: torch.device):
@@ -219,7 +239,7 @@ def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: 
 # ----------------------------------------------------------------------------- one fold
 def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
-               progress: bool = True) -> dict:
+               groups: np.ndarray | None = None, progress: bool = True) -> dict:
     """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
     evaluate on ``test_idx``.
 
@@ -228,6 +248,12 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     features : np.ndarray, shape (N, F, T)
     labels : np.ndarray of int, shape (N,)
         Indices into :data:`serlib.labels.PAPER_CLASSES`.
+    train_idx, test_idx : np.ndarray of int
+        Positional rows of this fold's training and test parts.
+    groups : np.ndarray, shape (N,), optional
+        Speakers: when given, the validation part holds out whole speakers (speaker-disjoint
+        model selection, as the session protocol's test folds are); else it is stratified over
+        utterances.
 
     Returns
     -------
@@ -241,7 +267,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     fit_idx, val_idx = validation_split(train_idx, labels, fraction=config.val_fraction,
-                                        seed=seed)
+                                        seed=seed, groups=groups)
     mean, std = normalisation_stats(features[fit_idx])     # (F,), training part only
 
     def normalise(rows):
@@ -258,9 +284,32 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                  if config.schedule == "cosine" else None)
     criterion = _criterion(config)
 
-    history, best = [], {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
     bar = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch",
                disable=not progress, leave=False)
+    with _deterministic(device):
+        history, best = _train_epochs(model, fit, val, bar, optimizer=optimizer,
+                                      scheduler=scheduler, criterion=criterion, config=config,
+                                      generator=generator, device=device, fold=fold)
+        model.load_state_dict(best["state"])
+        probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
+                                      device=device)
+    return {
+        "state": {k: v.detach().cpu() for k, v in best["state"].items()},
+        "optimizer": best["optimizer"],
+        "mean": mean, "std": std,
+        "history": history,
+        "best_epoch": best["epoch"],
+        "probabilities": probabilities,
+        "n_fit": len(fit_idx), "n_val": len(val_idx),
+    }
+
+
+def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, scheduler, criterion,
+                  config: TrainConfig, generator: torch.Generator, device: torch.device,
+                  fold: int) -> tuple[list[dict], dict]:
+    """The epoch loop: train, score the validation part, keep the best epoch by validation UA,
+    stop after ``config.patience`` epochs without a better one."""
+    history, best = [], {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
     for epoch in bar:
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
@@ -270,9 +319,9 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device)
         # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
-        val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))),
-                                   val.y.cpu()))
-        report = classification_report_dict(val.y.numpy(), probs.argmax(1),
+        val_y = val.y.cpu()
+        val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), val_y))
+        report = classification_report_dict(val_y.numpy(), probs.argmax(1),
                                             class_names=PAPER_CLASSES)
         history.append({"fold": fold, "epoch": epoch, "train_loss": train_loss,
                         "val_loss": val_loss, "val_wa": report["wa"], "val_ua": report["ua"],
@@ -284,17 +333,80 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                     "optimizer": copy.deepcopy(optimizer.state_dict())}
         elif config.patience and epoch - best["epoch"] >= config.patience:
             break
-    model.load_state_dict(best["state"])
-    return {
-        "state": {k: v.detach().cpu() for k, v in best["state"].items()},
-        "optimizer": best["optimizer"],
-        "mean": mean, "std": std,
-        "history": history,
-        "best_epoch": best["epoch"],
-        "probabilities": predict_proba(model, test, batch_size=2 * config.batch_size,
-                                       device=device),
-        "n_fit": len(fit_idx), "n_val": len(val_idx),
-    }
+    return history, best
+
+
+# ----------------------------------------------------------------------------- all folds
+def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: TrainConfig,
+                          folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                          groups: np.ndarray | None = None,
+                          device: torch.device | str | None = None,
+                          skip: set[int] | frozenset[int] = frozenset(),
+                          on_fold_end=None, progress: bool = True) -> list[dict]:
+    """Cross-validate on features held in memory: one :func:`train_fold` per fold, no files.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, F, T)
+        Feature matrices (any float dtype; trained in float32).
+    labels : np.ndarray of int, shape (N,)
+        Indices into :data:`serlib.labels.PAPER_CLASSES`.
+    config : TrainConfig
+    folds : list of (train_idx, test_idx), optional
+        From :func:`serlib.splits.make_folds`; default: ``config.folds`` stratified folds
+        (seeded with ``config.seed``). Required under the session protocol.
+    groups : np.ndarray, shape (N,), optional
+        Speakers, for a speaker-disjoint validation split (see :func:`train_fold`).
+    device : torch.device or str, optional
+        Default: ``config.device`` resolved (``"auto"``: CUDA when available).
+    skip : set of int
+        Folds (1-based) not to train, e.g. those a resumed run has on disk already.
+    on_fold_end : callable, optional
+        ``on_fold_end(fold, result)`` after each trained fold (``result`` as returned below);
+        :func:`run_cross_validation` writes the fold's files there.
+    progress : bool
+        Progress bars per fold and epoch.
+
+    Returns
+    -------
+    list of dict
+        One per trained fold: :func:`train_fold`'s result plus ``fold``, ``test_idx`` and
+        ``metrics`` (WA, UA, macro-F1, per-class recall, confusion counts of the test fold).
+    """
+    from tqdm import tqdm
+
+    labels = np.asarray(labels)
+    if features.ndim != 3 or len(features) != len(labels):
+        raise SerlibError(
+            f"features must be (N, F, T) with N = len(labels) = {len(labels)}, got shape "
+            f"{tuple(features.shape)}"
+        )
+    if folds is None:
+        if config.protocol != "stratified":
+            raise SerlibError(f"protocol={config.protocol!r} needs explicit folds "
+                              "(serlib.splits.make_folds with sessions or speakers)")
+        folds = make_folds(pd.DataFrame({"label": labels}), protocol="stratified",
+                           n_folds=config.folds, seed=config.seed)
+    if not isinstance(device, torch.device):
+        device = resolve_device(config.device if device is None else device)
+    features = features.astype(np.float32, copy=False)      # (N, F, T)
+    results = []
+    bar = tqdm(enumerate(folds, start=1), total=len(folds), desc="folds", unit="fold",
+               disable=not progress)
+    for fold, (train_idx, test_idx) in bar:
+        if fold in skip:
+            continue
+        result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
+                            device=device, groups=groups, progress=progress)
+        predicted = result["probabilities"].argmax(axis=1)
+        metrics = classification_report_dict(labels[test_idx], predicted,
+                                             class_names=PAPER_CLASSES)
+        result.update(fold=fold, test_idx=np.asarray(test_idx), metrics=metrics)
+        if on_fold_end is not None:
+            on_fold_end(fold, result)
+        bar.set_postfix(ua=f"{result['metrics']['ua']:.3f}")
+        results.append(result)
+    return results
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -315,6 +427,15 @@ def _prepare_selection(selection) -> tuple[pd.DataFrame, str]:
     return selection, path
 
 
+def selection_fingerprint(selection: pd.DataFrame) -> str:
+    """Stable hash of what a run learns from: utterance ids, labels and speakers, in order."""
+    digest = hashlib.sha256()
+    for column in ("utterance_id", "label", "speaker"):
+        digest.update("\x1f".join(selection[column].astype(str)).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()[:16]
+
+
 def _fold_dir(out_dir: Path, fold: int) -> Path:
     return out_dir / f"fold_{fold}"
 
@@ -323,11 +444,11 @@ def _write_fold(out_dir: Path, fold: int, result: dict, selection: pd.DataFrame,
                 test_idx: np.ndarray, labels: np.ndarray, config: TrainConfig) -> dict:
     """Write one finished fold; ``metrics.json`` goes last and marks the fold as done."""
     folder = _fold_dir(out_dir, fold)
-    probs = result["probabilities"]
+    probs = result["probabilities"]                      # (n_test, C)
     predicted = probs.argmax(axis=1)
     metrics = {
         "fold": fold,
-        **classification_report_dict(labels[test_idx], predicted, class_names=PAPER_CLASSES),
+        **result["metrics"],
         "best_epoch": result["best_epoch"],
         "n_train": result["n_fit"], "n_val": result["n_val"], "n_test": len(test_idx),
     }
@@ -427,8 +548,6 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
     dict
         The content of ``summary.json`` (fractions in 0..1).
     """
-    from tqdm import tqdm
-
     from serlib.features import FeatureConfig, extract_corpus
 
     if not isinstance(config, TrainConfig):
@@ -441,27 +560,37 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
         "train": config.to_dict(),
         "features": feature_config.to_dict(),
         "selection": {"path": selection_path, "n_utterances": len(selection),
-                      "corpus": corpus},
+                      "corpus": corpus, "fingerprint": selection_fingerprint(selection)},
     }
     config_path = out_dir / "config.json"
     if config_path.exists():
+        # the same run: same training and feature config, same utterances (wherever the
+        # selection CSV lives now)
         previous = json.loads(config_path.read_text())
-        if {k: previous.get(k) for k in resolved} != resolved:
+
+        def identity(d):
+            selection = {k: v for k, v in (d.get("selection") or {}).items() if k != "path"}
+            return d.get("train"), d.get("features"), selection
+
+        if identity(previous) != identity(resolved):
             raise SerlibError(
-                f"{out_dir}: holds a run with a different configuration; "
+                f"{out_dir}: holds a run with a different configuration or selection; "
                 "use another --out (or delete it) to start a new run"
             )
     else:
         atomic_write_json(config_path, {**resolved, "commit": commit_hash()})
 
     labels_all = selection["label"].map(PAPER_CLASSES.index).to_numpy()
+    # speaker-independent protocol: model selection on held-out speakers too
+    groups = selection["speaker"].astype(str).to_numpy() if config.protocol == "session" \
+        else None
     folds = make_folds(selection, protocol=config.protocol, n_folds=config.folds,
                        seed=config.seed)
     device = resolve_device(config.device)
     done = {k: _finished_fold(out_dir, k) for k in range(1, len(folds) + 1)}
 
-    features = labels = None
-    if not all(done.values()):
+    fold_metrics = {k: m for k, m in done.items() if m is not None}
+    if len(fold_metrics) < len(folds):
         store = extract_corpus(
             selection, config=feature_config, cache_dir=cache_dir, progress=progress,
             dtype=config.feature_dtype,
@@ -471,21 +600,16 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
         )
         if len(store) != len(selection):
             raise SerlibError("feature extraction left out some utterances")
-        features = store.features.astype(np.float32, copy=False)   # (N, F, T)
-        labels = labels_all
 
-    fold_metrics = []
-    bar = tqdm(enumerate(folds, start=1), total=len(folds), desc="folds", unit="fold",
-               disable=not progress)
-    for fold, (train_idx, test_idx) in bar:
-        if done[fold] is not None:
-            fold_metrics.append(done[fold])
-            continue
-        result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
-                            device=device, progress=progress)
-        fold_metrics.append(_write_fold(out_dir, fold, result, selection, test_idx,
-                                        labels_all, config))
-        bar.set_postfix(ua=f"{fold_metrics[-1]['ua']:.3f}")
+        def save(fold: int, result: dict) -> None:
+            # each fold is on disk as soon as it ends: an interruption loses at most one fold
+            fold_metrics[fold] = _write_fold(out_dir, fold, result, selection,
+                                             folds[fold - 1][1], labels_all, config)
+
+        cross_validate_arrays(store.features, labels_all, config=config, folds=folds,
+                              groups=groups, device=device, skip=set(fold_metrics),
+                              on_fold_end=save, progress=progress)
+    fold_metrics = [fold_metrics[k] for k in range(1, len(folds) + 1)]
 
     # whole-run tables, rebuilt from the folds (cheap; keeps them consistent after a resume)
     for name in ("predictions.csv", "history.csv"):
@@ -513,11 +637,13 @@ def format_summary(summary: dict) -> str:
 
 __all__ = [
     "TrainConfig",
+    "cross_validate_arrays",
     "format_summary",
     "load_checkpoint",
     "normalisation_stats",
     "resolve_device",
     "run_cross_validation",
+    "selection_fingerprint",
     "summarise",
     "train_fold",
 ]

@@ -55,14 +55,21 @@ def test_gradient_matches_autograd_of_naive_version(gamma):
     assert not torch.allclose(ours, ce)
 
 
-def test_extreme_logits_stay_finite():
-    logits = torch.tensor([[1e4, -1e4, 0.0, 0.0], [-1e4, 1e4, 0.0, 0.0]], requires_grad=True)
-    target = torch.tensor([1, 1])  # one hopelessly wrong, one certain
-    loss = focal_loss(logits, target, gamma=2.0, reduction="none")
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 5.0])
+def test_extreme_logits_stay_finite(gamma):
+    # one hopelessly wrong, one certain (p_t = 1 exactly), one whose p_t rounds to 1 in float32
+    logits = torch.tensor([[1e4, -1e4, 0.0, 0.0], [-1e4, 1e4, 0.0, 0.0], [0.0, 30.0, 0.0, 0.0]],
+                          requires_grad=True)
+    target = torch.tensor([1, 1, 1])
+    loss = focal_loss(logits, target, gamma=gamma, reduction="none")
     assert torch.isfinite(loss).all()
     assert loss[0] > 1e3 and loss[1] == 0
     loss.sum().backward()
+    # gamma < 1 makes d/dp (1 - p)^gamma infinite at p = 1; the loss must still give finite,
+    # vanishing gradients there
     assert torch.isfinite(logits.grad).all()
+    assert logits.grad[1:].abs().max() < 1e-6
+    torch.testing.assert_close(logits.grad[0], torch.tensor([1.0, -1.0, 0.0, 0.0]))
 
 
 def test_alpha_weights_each_sample_by_its_class():

@@ -74,3 +74,19 @@ def test_validation_split_comes_from_training_part():
     assert set(fit) | set(val) == set(train)
     assert not set(val) & set(test) and not set(fit) & set(val)
     assert abs(len(val) - 0.1 * len(train)) <= 1
+
+
+def test_validation_split_by_speaker():
+    frame = table(sessions=False)
+    labels, speakers = frame["label"].to_numpy(), frame["speaker"].to_numpy()
+    train, test = make_folds(frame, protocol="session", n_folds=5, seed=0)[0]
+    fit, val = validation_split(train, labels, fraction=0.1, seed=0, groups=speakers)
+    assert sorted(np.concatenate([fit, val])) == sorted(train)
+    assert not set(speakers[fit]) & set(speakers[val])
+    assert set(speakers[val]) <= set(speakers[train])
+    assert len(set(speakers[val])) == 1  # 8 training speakers: one held out (~12 %)
+    again = validation_split(train, labels, fraction=0.1, seed=0, groups=speakers)
+    assert np.array_equal(val, again[1])
+    with pytest.raises(SerlibError, match=">= 2 speakers"):
+        validation_split(np.flatnonzero(speakers == "s1"), labels, fraction=0.1, seed=0,
+                         groups=speakers)

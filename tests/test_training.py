@@ -17,6 +17,16 @@ from serlib.training import TrainConfig, load_checkpoint, run_cross_validation
 CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=2, width=4, batch_size=16, device="cpu")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny networks: one intra-op thread is faster, and immune to a busy machine's
+    # OpenMP spin-waits (2 threads made these tests 5-20x slower under load)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("features")
@@ -118,6 +128,72 @@ def test_other_config_in_same_folder_is_refused(finished_run, synthetic_selectio
     with pytest.raises(SerlibError, match="different configuration"):
         run_cross_validation(synthetic_selection, config=other, out_dir=out, cache_dir=cache,
                              progress=False)
+    # same size, other utterances: a different selection is refused too
+    relabelled = synthetic_selection.copy()
+    relabelled["label"] = relabelled["label"].to_numpy()[::-1]
+    with pytest.raises(SerlibError, match="different configuration or selection"):
+        run_cross_validation(relabelled, config=CONFIG, out_dir=out, cache_dir=cache,
+                             progress=False)
+
+
+def test_same_selection_from_a_csv_elsewhere_is_the_same_run(finished_run, synthetic_selection,
+                                                             cache, tmp_path, monkeypatch):
+    from serlib.corpora import write_selection
+
+    out, summary = finished_run
+    csv = write_selection(synthetic_selection, tmp_path / "moved" / "selection.csv")
+    monkeypatch.setattr(training, "train_fold", None)  # must not be called
+    assert run_cross_validation(csv, config=CONFIG, out_dir=out, cache_dir=cache,
+                                progress=False) == summary
+
+
+def arrays(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 4
+    features = rng.normal(size=(n, 6, 8)).astype(np.float32)
+    features += labels[:, None, None].astype(np.float32)  # learnable
+    return features, labels
+
+
+def test_same_seed_gives_identical_results_on_cpu():
+    features, labels = arrays()
+    train, test = np.arange(36), np.arange(36, 48)
+    config = TrainConfig(folds=2, epochs=2, width=2, batch_size=8, device="cpu")
+
+    def run(config):
+        return training.train_fold(features, labels, train, test, config=config, fold=1,
+                                   device=torch.device("cpu"), progress=False)
+
+    first, second = run(config), run(config)
+    np.testing.assert_array_equal(first["probabilities"], second["probabilities"])
+    assert first["history"] == second["history"]
+    for name, tensor in first["state"].items():
+        assert torch.equal(tensor, second["state"][name]), name
+    other = run(TrainConfig(**{**config.to_dict(), "seed": 1}))
+    assert not np.array_equal(first["probabilities"], other["probabilities"])
+    # the deterministic-kernel switch is restored after training
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_speaker_groups_give_speaker_disjoint_validation(monkeypatch):
+    features, labels = arrays()
+    speakers = np.array([f"spk{i % 6}" for i in range(len(labels))])
+    train = np.flatnonzero(~np.isin(speakers, ["spk0"]))
+    test = np.flatnonzero(speakers == "spk0")
+    seen = {}
+    original = training.validation_split
+
+    def spy(*args, **kwargs):
+        seen["fit"], seen["val"] = original(*args, **kwargs)
+        return seen["fit"], seen["val"]
+
+    monkeypatch.setattr(training, "validation_split", spy)
+    config = TrainConfig(protocol="session", folds=2, epochs=1, width=2, batch_size=8,
+                         device="cpu")
+    result = training.train_fold(features, labels, train, test, config=config, fold=1,
+                                 device=torch.device("cpu"), groups=speakers, progress=False)
+    assert not set(speakers[seen["fit"]]) & set(speakers[seen["val"]])
+    assert result["n_fit"] + result["n_val"] == len(train)
 
 
 def test_session_protocol_is_speaker_independent(synthetic_selection, cache, tmp_path):
@@ -160,3 +236,35 @@ def test_config_validation_and_roundtrip():
     assert training.resolve_device("cpu").type == "cpu"
     with pytest.raises(SerlibError, match="device='tpu9'"):
         training.resolve_device("tpu9")
+
+
+def test_cross_validate_arrays_in_memory():
+    features, labels = arrays(n=60)
+    config = TrainConfig(folds=3, epochs=2, width=2, batch_size=8, device="cpu", seed=3)
+    ended = []
+    results = training.cross_validate_arrays(
+        features, labels, config=config, on_fold_end=lambda k, r: ended.append(k),
+        progress=False)
+    assert ended == [1, 2, 3] and [r["fold"] for r in results] == [1, 2, 3]
+    tested = np.concatenate([r["test_idx"] for r in results])
+    assert sorted(tested) == list(range(60))  # default: stratified folds covering every row
+    for r in results:
+        assert r["probabilities"].shape == (len(r["test_idx"]), 4)
+        assert sum(map(sum, r["metrics"]["confusion"])) == len(r["test_idx"])
+        assert 1 <= r["best_epoch"] <= 2 and len(r["history"]) <= 2
+    # same seed on the CPU: the same numbers; skipped folds are not trained
+    again = training.cross_validate_arrays(features, labels, config=config, skip={1, 3},
+                                           progress=False)
+    assert [r["fold"] for r in again] == [2]
+    assert again[0]["metrics"] == results[1]["metrics"]
+    np.testing.assert_array_equal(again[0]["probabilities"], results[1]["probabilities"])
+
+
+def test_cross_validate_arrays_rejects_bad_input():
+    features, labels = arrays(n=24)
+    config = TrainConfig(folds=2, epochs=1, width=2, device="cpu")
+    with pytest.raises(SerlibError, match="features must be"):
+        training.cross_validate_arrays(features[:10], labels, config=config, progress=False)
+    session = TrainConfig(protocol="session", folds=2, epochs=1, width=2, device="cpu")
+    with pytest.raises(SerlibError, match="needs explicit folds"):
+        training.cross_validate_arrays(features, labels, config=session, progress=False)
