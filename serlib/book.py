@@ -147,6 +147,8 @@ def execute_chapter(source: Path, target: Path, *, parameters: dict, cwd: Path,
         papermill.execute_notebook(
             str(source), str(target), parameters=parameters, kernel_name="python3",
             cwd=str(cwd), progress_bar=False, log_output=False,
+            # the kernel's own log: errors only (not its warning about local TCP sockets)
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except papermill.PapermillExecutionError as error:
         head = (error.source or "").strip().splitlines()

@@ -138,18 +138,41 @@ def confusion_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(confusion_percent(counts).round(1), index=names, columns=names)
 
 
-def plot_confusion_pair(ours: pd.DataFrame, theirs: pd.DataFrame, *, title: str):
-    """Two heatmaps side by side: this build's confusion (%) and the paper's."""
+def plot_confusion(table: pd.DataFrame, *, title: str, ax=None):
+    """One row-normalised confusion matrix (%) as a seaborn heatmap; returns the axes.
+
+    Parameters
+    ----------
+    table : DataFrame or array, shape (4, 4)
+        Percentages, rows true, columns predicted, in ``PAPER_CLASSES`` order.
+    title : str
+        Axes title.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure when omitted.
+    """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    values = np.asarray(table, dtype=float)
+    if values.shape != (len(PAPER_CLASSES), len(PAPER_CLASSES)):
+        raise SerlibError(f"confusion table of shape {values.shape}: expected "
+                          f"({len(PAPER_CLASSES)}, {len(PAPER_CLASSES)})")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.2), constrained_layout=True)
     names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
-    for ax, table, label in ((axes[0], ours, "this build"), (axes[1], theirs, "paper")):
-        sns.heatmap(pd.DataFrame(np.asarray(table, float), index=names, columns=names),
-                    annot=True, fmt=".1f", vmin=0, vmax=100, cmap="Blues", cbar=False,
-                    square=True, ax=ax)
-        ax.set(title=f"{title}: {label}", xlabel="predicted", ylabel="true")
+    sns.heatmap(pd.DataFrame(values, index=names, columns=names), annot=True, fmt=".1f",
+                vmin=0, vmax=100, cmap="Blues", cbar=False, square=True, ax=ax)
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    return ax
+
+
+def plot_confusion_pair(ours: pd.DataFrame, theirs: pd.DataFrame, *, title: str):
+    """Two heatmaps side by side: this build's confusion (%) and the paper's."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    plot_confusion(ours, title=f"{title}: this build", ax=axes[0])
+    plot_confusion(theirs, title=f"{title}: paper", ax=axes[1])
     return fig
 
 

@@ -102,6 +102,35 @@ def test_model_chapter_executes(tmp_path):
     assert "11,172,292 parameters" in text and "96 % lower" in text
 
 
+def _execute(name, tmp_path, **parameters):
+    import papermill
+
+    from serlib.book import BOOK_DIR
+
+    out = tmp_path / f"{name}.ipynb"
+    papermill.execute_notebook(str(BOOK_DIR / f"{name}.ipynb"), str(out), parameters=parameters,
+                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    return json.dumps(nbformat.read(out, as_version=4).cells)
+
+
+def test_chapters_chain_through_files(synthetic_root, tmp_path):
+    """Data -> features -> one training run -> results, each chapter executed by papermill
+    with tiny parameters and reading only the files the previous one wrote."""
+    selection, cache, runs = tmp_path / "selection.csv", tmp_path / "cache", tmp_path / "runs"
+    text = _execute("02_data_selection", tmp_path, data_root=str(synthetic_root),
+                    selection_path=str(selection))
+    assert selection.is_file() and "generated IEMOCAP-shaped corpus" in text
+    assert "nothing to check" in text  # the IEMOCAP count check only runs on real IEMOCAP
+    text = _execute("03_features", tmp_path, selection_path=str(selection), cache_dir=str(cache))
+    assert "max |difference|" in text
+    text = _execute("05_training", tmp_path, selection_path=str(selection), cache_dir=str(cache),
+                    run_dir=str(runs / "mfcc_focal"), feature="mfcc", loss="focal", folds=2,
+                    epochs=1, width=4, batch_size=16, patience=0, device="cpu")
+    assert (runs / "mfcc_focal" / "summary.json").is_file() and "image/png" in text
+    text = _execute("06_results", tmp_path, runs_dir=str(runs), profile="tiny")
+    assert "Ours: MFCC + focal loss" in text and "no MFCC + softmax run in this build" in text
+
+
 @pytest.mark.slow
 def test_whole_book_builds(built_book):
     for page in PAGES:

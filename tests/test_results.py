@@ -14,6 +14,7 @@ from serlib.results import (
     fold_table,
     load_run,
     load_runs,
+    plot_confusion,
     plot_confusion_pair,
     plot_learning_curves,
     provenance,
@@ -53,6 +54,10 @@ def test_figures(tmp_path):
     run = load_run(write_fake_run(tmp_path / "r", feature="mfcc", loss="focal"))
     assert len(plot_learning_curves(run).axes) == 2
     assert len(plot_confusion_pair(confusion_table(run), confusion_table(run), title="x").axes) == 2
+    ax = plot_confusion(confusion_table(run), title="mfcc + focal")
+    assert ax.get_title() == "mfcc + focal" and len(ax.texts) == 16  # one annotation per cell
+    with pytest.raises(SerlibError, match=r"shape \(3, 4\)"):
+        plot_confusion(np.zeros((3, 4)), title="bad")
 
 
 def test_missing_files_are_named(tmp_path):
