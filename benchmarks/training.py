@@ -3,16 +3,20 @@ how much serlib's epoch loop adds on top of the pure model steps.
 
 Prints JSON. In one run:
 
-- ``matmul_gflops``: a 2048 x 2048 float32 matmul (best of several): the practical peak;
-- ``train_step_gflops``: ResNet-18 width 64 on (32, 1, 128, 259), forward + backward + Adam step,
-  FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` (forward + backward);
+- ``matmul_gflops``: the machine's practical float32 peak: the same 2048 x 2048 x 2048 product
+  run by MKL (``torch.matmul``) and by oneDNN (as a 1 x 1 convolution, the library that runs
+  the ResNet's convolutions), the faster of the two (both are reported: on AMD CPUs MKL runs
+  at about half of oneDNN's speed, and a peak taken from MKL alone made the ratio exceed 1);
+- ``train_step_gflops``: ResNet-18 width 64 on (32, 1, 128, 259), forward + backward + serlib's
+  optimizer step (fused Adam), FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode``
+  (forward + backward);
 - ``step_fraction_of_peak`` = train_step_gflops / matmul_gflops (target >= 0.6);
 - ``epoch_overhead`` = wall time of one epoch through ``serlib.training.train_one_epoch`` / the
   sum of the same steps timed alone on ready-made batches (target <= 1.10);
 - ``samples_per_s``: training samples per second for widths 16 and 64, both features, in
   serlib's channels_last layout.
 
-Usage: python benchmarks/training.py [--steps 3] [--threads N]
+Usage: python benchmarks/training.py [--steps 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -25,20 +29,28 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from serlib.losses import focal_loss
 from serlib.models import ResNet18
-from serlib.training import _Batches, train_one_epoch
+from serlib.training import TrainConfig, _Batches, _optimizer, train_one_epoch
 
 SHAPES = {"spectrogram": (128, 259), "mfcc": (40, 259)}
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
+def matmul_gflops(n: int = 2048, repeats: int = 20) -> dict[str, float]:
+    """GFLOP/s of an n x n x n float32 product by MKL and by oneDNN (best of ``repeats``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+    # the same product as a 1 x 1 convolution: (n rows = 2 x 32 x 32 pixels) x n x n
+    x = torch.randn(2, n, 32, 32).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+    assert 2 * 32 * 32 == n
+    out = {}
+    for name, fn in (("mkl", lambda: a @ b), ("onednn", lambda: F.conv2d(x, w))):
+        fn()
+        out[name] = 2 * n**3 / min(_timed(fn) for _ in range(repeats)) / 1e9
+    return out
 
 
 def _timed(fn) -> float:
@@ -49,7 +61,7 @@ def _timed(fn) -> float:
 
 def make_step(width: int, shape: tuple[int, int], batch: int, *, channels_last: bool = False):
     model = ResNet18(width=width)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = _optimizer(model, TrainConfig())   # serlib's: fused Adam
     x = torch.randn(batch, 1, *shape)
     y = torch.randint(0, 4, (batch,))
     if channels_last:
@@ -92,7 +104,7 @@ def epoch_overhead(*, width: int = 16, shape=(128, 259), batch: int = 32, n_batc
     def fresh():
         torch.manual_seed(0)
         model = ResNet18(width=width).to(memory_format=torch.channels_last)  # as serlib trains
-        return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+        return model, _optimizer(model, TrainConfig())
 
     def epoch():
         model, optimizer = fresh()
@@ -125,7 +137,8 @@ def epoch_overhead(*, width: int = 16, shape=(128, 259), batch: int = 32, n_batc
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (best of)")
+    # 8: with 3, one busy moment of the shared machine could set a layout's best time
+    parser.add_argument("--steps", type=int, default=8, help="timed steps (best of)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -142,16 +155,19 @@ def main(argv: list[str] | None = None) -> dict:
     for step in steps.values():
         step()  # warm-up
     # interleave peak and step timings so that a busy moment of the machine hits both
-    peaks, layouts = [], {layout: [] for layout in steps}
+    peaks, layouts = {"mkl": [], "onednn": []}, {layout: [] for layout in steps}
     for _ in range(args.steps):
-        peaks.append(matmul_gflops(repeats=5))
+        for name, gflops in matmul_gflops(repeats=5).items():
+            peaks[name].append(gflops)
         for layout, step in steps.items():
             layouts[layout].append(_timed(step))
-    peak = max(peaks)
+    by_library = {name: max(values) for name, values in peaks.items()}
+    peak = max(by_library.values())
     layouts = {layout: min(times) for layout, times in layouts.items()}
     layout, seconds = min(layouts.items(), key=lambda item: item[1])
     report.update({
         "matmul_gflops": round(peak, 1),
+        "matmul_gflops_by_library": {k: round(v, 1) for k, v in by_library.items()},
         "train_step_gflop": round(flops / 1e9, 1),
         "train_step_s": {k: round(v, 3) for k, v in layouts.items()},
         "train_step_gflops": round(flops / seconds / 1e9, 1),

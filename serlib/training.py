@@ -65,6 +65,9 @@ class TrainConfig:
     patience: int = 10             # stop after this many epochs without a better val UA; 0: off
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True               # bf16 autocast on CUDA (no effect on the CPU); False: float32
+                                   # (TF32 convolutions), faster at batch 32 on an H100, where a
+                                   # step is dispatch-bound (benchmarks/README.md)
     feature_dtype: str = "float32" # feature store dtype ("float16" halves memory)
 
     def __post_init__(self):
@@ -85,6 +88,7 @@ class TrainConfig:
             "patience": isinstance(self.patience, int) and self.patience >= 0,
             "feature_dtype": self.feature_dtype in ("float32", "float16"),
             "alpha": self.alpha is None or len(self.alpha) == len(PAPER_CLASSES),
+            "amp": isinstance(self.amp, bool),
         }
         for name, ok in checks.items():
             if not ok:
@@ -141,11 +145,15 @@ def _criterion(config: TrainConfig):
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum 0.9, Nesterov) as ``config`` says, in torch's fused form: one
+    kernel updates every parameter. On a GPU the per-parameter updates of the default form
+    are a third of a dispatch-bound ResNet-18 step (H100, batch 32: 10.7 -> 7.4 ms; see
+    benchmarks/README.md); on the CPU the gain is small."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr,
-                                weight_decay=config.weight_decay)
+                                weight_decay=config.weight_decay, fused=True)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
-                           weight_decay=config.weight_decay)
+                           weight_decay=config.weight_decay, fused=True)
 
 
 class _Batches:
@@ -184,56 +192,71 @@ class _Batches:
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device):
-    """On the CPU, deterministic kernels only (the same seed gives the same numbers); the
-    previous setting is restored afterwards. On CUDA, cuDNN's fastest kernels are kept (runs
-    there are repeatable only up to floating-point reordering)."""
-    if device.type != "cpu":
+def _kernel_settings(device: torch.device):
+    """Kernel choices for training on ``device``; the previous settings are restored afterwards.
+
+    CPU: deterministic kernels only (the same seed gives the same numbers). CUDA: cuDNN
+    autotuning (``cudnn.benchmark``: every batch has the same shape, so the fastest
+    convolution kernels are found once); runs there are repeatable only up to floating-point
+    reordering.
+    """
+    if device.type == "cpu":
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    elif device.type == "cuda":
+        previous_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = previous_benchmark
+    else:
         yield
-        return
-    previous = (torch.are_deterministic_algorithms_enabled(),
-                torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA (no loss scaling needed); plain float32 on CPU
+def _autocast(device: torch.device, *, amp: bool = True):
+    # bf16 autocast on CUDA when ``amp`` (no loss scaling needed); plain float32 on CPU
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                          enabled=device.type == "cuda")
+                          enabled=amp and device.type == "cuda")
 
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, data: _Batches, *, batch_size: int,
-                  device: torch.device) -> np.ndarray:
-    """Softmax probabilities, shape (N, C), in the order of ``data``."""
+                  device: torch.device, amp: bool = True) -> np.ndarray:
+    """Softmax probabilities, shape (N, C), in the order of ``data`` (bf16 autocast on CUDA
+    when ``amp``)."""
     model.eval()
     out = []
     for xb, _ in data.batches(batch_size):
-        with _autocast(device):
+        with _autocast(device, amp=amp):
             logits = model(xb)
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out).numpy()
 
 
 def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: int,
-                    generator: torch.Generator, device: torch.device) -> float:
-    """One pass over ``data`` in a seeded random order; returns the mean training loss."""
+                    generator: torch.Generator, device: torch.device, amp: bool = True) -> float:
+    """One pass over ``data`` in a seeded random order (bf16 autocast on CUDA when ``amp``);
+    returns the mean training loss."""
     model.train()
-    total, count = 0.0, 0
+    # summed on the device and read once per epoch: no host sync per step on CUDA
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     for xb, yb in data.batches(batch_size, generator=generator):
-        with _autocast(device):
+        with _autocast(device, amp=amp):
             logits = model(xb)           # (B, C)
         loss = criterion(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * len(yb)
+        total += loss.detach().double() * len(yb)
         count += len(yb)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 # ----------------------------------------------------------------------------- one fold
@@ -286,22 +309,34 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
 
     bar = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch",
                disable=not progress, leave=False)
-    with _deterministic(device):
+    with _kernel_settings(device):
         history, best = _train_epochs(model, fit, val, bar, optimizer=optimizer,
                                       scheduler=scheduler, criterion=criterion, config=config,
                                       generator=generator, device=device, fold=fold)
         model.load_state_dict(best["state"])
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
-                                      device=device)
+                                      device=device, amp=config.amp)
     return {
+        # on the CPU, so that a checkpoint written on a GPU loads anywhere
         "state": {k: v.detach().cpu() for k, v in best["state"].items()},
-        "optimizer": best["optimizer"],
+        "optimizer": _to_cpu(best["optimizer"]),
         "mean": mean, "std": std,
         "history": history,
         "best_epoch": best["epoch"],
         "probabilities": probabilities,
         "n_fit": len(fit_idx), "n_val": len(val_idx),
     }
+
+
+def _to_cpu(value):
+    """``value`` (nested dicts, lists, tuples of tensors) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
 def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, scheduler, criterion,
@@ -314,10 +349,11 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
                                      batch_size=config.batch_size, generator=generator,
-                                     device=device)
+                                     device=device, amp=config.amp)
         if scheduler is not None:
             scheduler.step()
-        probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device)
+        probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
+                              amp=config.amp)
         # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
         val_y = val.y.cpu()
         val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), val_y))

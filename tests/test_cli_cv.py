@@ -44,6 +44,16 @@ def test_cv_command_and_rerun(synthetic_selection, tmp_path, capsys):
             assert (tmp_path / "run" / f"fold_{k}" / name).is_file()
     assert main(args) == 0  # finished: no training, same summary
     assert capsys.readouterr().out == first
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["amp"] is True
+
+
+def test_cv_no_amp_is_recorded(synthetic_selection, tmp_path, capsys):
+    selection = write_selection(synthetic_selection, tmp_path / "selection.csv")
+    assert main(["cv", "--selection", str(selection), "--folds", "2", "--epochs", "1",
+                 "--width", "4", "--batch-size", "16", "--out", str(tmp_path / "run"),
+                 "--quiet", "--device", "cpu", "--no-amp"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["amp"] is False
 
 
 def write_wav_selection(folder, *, n_speakers=6, per_speaker=8, sr=16000):

@@ -13,7 +13,7 @@ from serlib.features import FeatureConfig, extract_corpus, features_from_prepare
 from serlib.features.torch_features import TorchFeatureExtractor, dct_matrix
 
 # max abs difference (dB for the spectrogram), float32 / float64 module
-TOLERANCE = {"spectrogram": (1e-3, 1e-4), "mfcc": (1e-2, 2e-3)}
+TOLERANCE = {"spectrogram": (1e-4, 1e-4), "mfcc": (1e-3, 1e-3)}
 
 
 def clips(n_samples: int) -> np.ndarray:

@@ -233,6 +233,9 @@ def test_config_validation_and_roundtrip():
         TrainConfig(loss="hinge")
     with pytest.raises(SerlibError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(SerlibError, match="TrainConfig.amp='yes'"):
+        TrainConfig(amp="yes")
+    assert TrainConfig.from_dict(TrainConfig(amp=False).to_dict()).amp is False
     assert training.resolve_device("cpu").type == "cpu"
     with pytest.raises(SerlibError, match="device='tpu9'"):
         training.resolve_device("tpu9")

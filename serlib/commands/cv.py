@@ -33,6 +33,8 @@ def add_parser(subparsers):
                         help="early stopping on validation UA (0: off)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 on CUDA instead of bf16 autocast (no effect on the CPU)")
     parser.add_argument("--float16", action="store_true", help="store features as float16")
     parser.add_argument("--cache", default=None, help="feature store folder (default: none)")
     parser.add_argument("--out", required=True, help="run folder")
@@ -49,7 +51,7 @@ def run(args) -> int:
         alpha=None if args.alpha is None else tuple(args.alpha), protocol=args.protocol,
         folds=args.folds, epochs=args.epochs, width=args.width, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        patience=args.patience, seed=args.seed, device=args.device,
+        patience=args.patience, seed=args.seed, device=args.device, amp=not args.no_amp,
         feature_dtype="float16" if args.float16 else "float32",
     )
     summary = run_cross_validation(args.selection, config=config, out_dir=args.out,

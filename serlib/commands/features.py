@@ -18,7 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--selection", required=True, help="selection CSV (utterance_id, path)")
     parser.add_argument("--kind", required=True, choices=("spectrogram", "mfcc"))
     parser.add_argument("--out", required=True, help="cache directory holding the stores")
-    parser.add_argument("--jobs", type=int, default=None, help="worker threads (default: cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: cores)")
     parser.add_argument("--float16", action="store_true", help="store float16 (half the size)")
     parser.add_argument(
         "--skip-errors", action="store_true", help="leave bad audio files out and list them"
