@@ -244,3 +244,30 @@ def test_silent_file_is_valid(tmp_path):
     path = tmp_path / "silence.wav"
     sf.write(path, np.zeros(16000, dtype=np.float32), 16000, subtype="PCM_16")
     assert np.isfinite(extract_file(path, config=FeatureConfig())).all()
+
+
+STFT_CONFIGS = [
+    *CONFIGS,
+    FeatureConfig.preset("spectrogram", center=False),
+    FeatureConfig.preset("spectrogram", pad_mode="edge", win_length=1500),
+]
+
+
+@pytest.mark.parametrize("config", STFT_CONFIGS, ids=lambda c: f"{c.kind}-{c.fingerprint()[:6]}")
+def test_stft_power_is_librosa_bit_for_bit(config):
+    """serlib transforms frames as rows (contiguous FFTs); the numbers are librosa's exactly."""
+    import sys
+
+    extract_module = sys.modules["serlib.features.extract"]
+    y = prepare_waveform(speech_like(5.0, 16000), sr=16000, config=config)
+    reference = np.abs(librosa.stft(
+        y, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length,
+        window=config.window, center=config.center, pad_mode=config.pad_mode,
+    )) ** config.power
+    ours = extract_module._stft_power(y, config, n_frames=config.n_frames)
+    assert ours.shape == reference.shape == (1 + config.n_fft // 2, config.n_frames)
+    assert ours.dtype == reference.dtype == np.float32
+    np.testing.assert_array_equal(ours, reference)
+    # the first frames alone are the same numbers
+    np.testing.assert_array_equal(extract_module._stft_power(y, config, n_frames=7),
+                                  reference[:, :7])
