@@ -374,7 +374,10 @@ def _pool_context() -> multiprocessing.context.BaseContext:
     # fork starts workers in milliseconds with librosa and the cached filterbank already
     # imported (spawn would re-import librosa, about a second per worker); workers use only
     # numpy/scipy/soxr/soundfile, never torch, so forking a process that has torch threads is
-    # safe. Where fork does not exist (Windows, macOS default), use spawn.
+    # safe. Where fork does not exist (Windows, macOS default), use spawn. Python >= 3.12
+    # warns (DeprecationWarning) when a process with threads forks; a fork server would avoid
+    # that but makes every user script need an `if __name__ == "__main__":` guard (workers
+    # re-import __main__), so fork it is.
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
