@@ -22,7 +22,7 @@ speech-like clips at 16 kHz (resampled to 22,050 Hz by both paths), and separate
 "emodb", the real clips of ../shared/data/emodb when present (2 s on average at 22,050 Hz,
 padded to 6 s by both paths).
 
-Usage: python benchmarks/features.py [--clips 200] [--jobs N] [--no-emodb]
+Usage: python benchmarks/features.py [--clips 200] [--repeats 5] [--jobs N] [--no-emodb]
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats")
     parser.add_argument("--no-emodb", action="store_true")
     args = parser.parse_args(argv)
     config = FeatureConfig.preset("spectrogram")

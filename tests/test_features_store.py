@@ -131,6 +131,25 @@ def test_parallel_equals_serial(selection, tmp_path):
     assert serial.store_path is None
 
 
+def test_parallel_scratch_is_in_memory_only_when_there_is_room(selection, tmp_path,
+                                                                 monkeypatch):
+    extract_module = importlib.import_module("serlib.features.extract")
+    assert extract_module._scratch_parent(10**18) is None    # no room: the default temp folder
+    shm_usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+    assert extract_module._scratch_parent(1) == ("/dev/shm" if shm_usable else None)
+    # either place gives the same features, and the scratch folder is gone afterwards
+    config = FeatureConfig.preset("mfcc")
+    in_memory = extract_corpus(selection, config=config, cache_dir=None, n_jobs=2,
+                               progress=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(extract_module, "_scratch_parent", lambda n_bytes: str(scratch))
+    on_disk = extract_corpus(selection, config=config, cache_dir=None, n_jobs=2,
+                             progress=False)
+    np.testing.assert_array_equal(in_memory.features, on_disk.features)
+    assert list(scratch.iterdir()) == []
+
+
 def test_crash_midway_leaves_no_store(selection, tmp_path, monkeypatch):
     monkeypatch.setattr(extract_module, "extract_file", Counter(fail_after=3))
     with pytest.raises(RuntimeError, match="simulated crash"):
