@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from serlib.losses import focal_loss
 from serlib.models import ResNet18
-from serlib.training import TrainConfig, _Batches, _optimizer, train_one_epoch
+from serlib.training import TrainConfig, _autocast, _Batches, _optimizer, train_one_epoch
 
 SHAPES = {"spectrogram": (128, 259), "mfcc": (40, 259)}
 
@@ -90,42 +90,50 @@ def time_steps(step, steps: int) -> float:
 
 
 def epoch_overhead(*, width: int = 16, shape=(128, 259), batch: int = 32, n_batches: int = 16,
-                   repeats: int = 3) -> dict:
-    """One epoch through serlib's loop vs the same steps timed alone (best of ``repeats``,
-    interleaved so that a busy moment of the machine hits both)."""
+                   repeats: int = 3, device: torch.device | None = None, timer=None) -> dict:
+    """One epoch through serlib's loop vs the same steps on ready-made batches (best of
+    ``repeats``, interleaved so that a busy moment of the machine hits both).
+
+    ``device`` (default CPU) and ``timer`` (default wall clock; benchmarks/gpu.py passes one
+    that synchronises CUDA) let the GPU benchmark measure the same thing there.
+    """
+    device = device or torch.device("cpu")
+    timer = timer or _timed
     rng = np.random.default_rng(0)
     n = batch * n_batches
     x = rng.normal(size=(n, *shape)).astype(np.float32)
     y = rng.integers(0, 4, n)
-    device = torch.device("cpu")
     data = _Batches(x, y, device=device)
-    criterion = lambda logits, target: focal_loss(logits, target, gamma=2.0)  # noqa: E731
+    criterion = lambda logits, target: focal_loss(logits.float(), target, gamma=2.0)  # noqa: E731
 
     def fresh():
         torch.manual_seed(0)
-        model = ResNet18(width=width).to(memory_format=torch.channels_last)  # as serlib trains
+        model = ResNet18(width=width).to(device, memory_format=torch.channels_last)  # as serlib
         return model, _optimizer(model, TrainConfig())
 
     def epoch():
         model, optimizer = fresh()
-        return _timed(lambda: train_one_epoch(
+        return timer(lambda: train_one_epoch(
             model, data, optimizer=optimizer, criterion=criterion, batch_size=batch,
             generator=torch.Generator().manual_seed(1), device=device))
 
     def pure_steps():
         model, optimizer = fresh()
         model.train()
-        total = 0.0
-        for xb, yb in list(data.batches(batch, generator=torch.Generator().manual_seed(1))):
-            def step(xb=xb, yb=yb):
-                loss = criterion(model(xb), yb)
+        ready = list(data.batches(batch, generator=torch.Generator().manual_seed(1)))
+
+        def run():
+            for xb, yb in ready:
+                with _autocast(device):           # as serlib's loop (a no-op on the CPU)
+                    logits = model(xb)
+                loss = criterion(logits, yb)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-            total += _timed(step)
-        return total
+        return timer(run)
 
-    epoch()  # warm-up
+    epoch()
+    pure_steps()  # warm-up both
     epochs, pures = [], []
     for _ in range(repeats):
         epochs.append(epoch())

@@ -66,7 +66,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
     amp: bool = True               # bf16 autocast on CUDA (no effect on the CPU); False: float32
-                                   # (TF32 convolutions), faster at batch 32 on an H100, where a
+                                   # (TF32 convolutions), as fast at batch 32 on an H100, where a
                                    # step is dispatch-bound (benchmarks/README.md)
     feature_dtype: str = "float32" # feature store dtype ("float16" halves memory)
 
