@@ -13,7 +13,9 @@ The chain for one clip (every step a :class:`FeatureConfig` field)::
 
 and its output equals calling librosa on the same samples (tests/test_features_extract.py).
 Speed comes from caching the filterbank per config, decoding only the first ``max_seconds`` of a
-file with soundfile and resampling with soxr directly, and running clips in parallel.
+file with soundfile and resampling with soxr directly, an STFT on contiguous blocks of frames
+(bit-identical to librosa's), and running clips in worker processes that write their results
+into one memory-mapped file (see benchmarks/README.md for what each step bought).
 """
 
 from __future__ import annotations
@@ -602,95 +604,67 @@ def extract_corpus(
         if index is None or not index.matches(uid, identities[uid]):
             todo.append(i)
 
-    # 2-4 run in a scratch directory: the workers' results live in a mapped file there until
+    # 2-4 run in a scratch folder: the workers' results live in a mapped file there until
     # they are stored (no copy of them in between). ignore_cleanup_errors: Windows cannot
     # delete a file that is still mapped.
-    row_values = math.prod(config.shape) if backend == "librosa" else config.n_samples
-    scratch_dir = tempfile.TemporaryDirectory(
-        prefix="serlib-features-", dir=_scratch_parent(4 * row_values * len(todo)),
-        ignore_cleanup_errors=True,
-    )
-    with scratch_dir as scratch:
-        return _compute_and_store(
-            ids, paths, todo, identities, errors, config=config, store=store, index=index,
-            n_jobs=n_jobs, dtype=dtype, skip_errors=skip_errors, progress=progress,
-            backend=backend, device=device, batch_size=batch_size, scratch_dir=scratch,
-        )
-
-
-def _compute_and_store(
-    ids: list[str],
-    paths: list[str],
-    todo: list[int],
-    identities: dict[str, dict],
-    errors: dict[str, str],
-    *,
-    config: FeatureConfig,
-    store: FeatureStore | None,
-    index: Any,
-    n_jobs: int,
-    dtype: str,
-    skip_errors: bool,
-    progress: bool,
-    backend: str,
-    device: str | None,
-    batch_size: int,
-    scratch_dir: str,
-) -> FeatureSet:
-    """Steps 2-4 of :func:`extract_corpus`."""
-    # 2. Compute what is missing, all in memory.
     worker, row_shape = (
         (extract_file, config.shape) if backend == "librosa"
         else (load_prepared, (config.n_samples,))
     )
-    results, failures = _run_jobs(
-        worker, [paths[i] for i in todo], config=config, row_shape=row_shape, n_jobs=n_jobs,
-        progress=progress, scratch_dir=scratch_dir,
+    scratch_dir = tempfile.TemporaryDirectory(
+        prefix="serlib-features-", dir=_scratch_parent(4 * math.prod(row_shape) * len(todo)),
+        ignore_cleanup_errors=True,
     )
-    computed: dict[str, np.ndarray] = {}
-    for i, result, failure in zip(todo, results, failures, strict=True):
-        if failure is not None:
-            errors[ids[i]] = failure
+    with scratch_dir as scratch:
+        # 2. Compute what is missing (results in a mapped file in the scratch folder).
+        results, failures = _run_jobs(
+            worker, [paths[i] for i in todo], config=config, row_shape=row_shape, n_jobs=n_jobs,
+            progress=progress, scratch_dir=scratch,
+        )
+        computed: dict[str, np.ndarray] = {}
+        for i, result, failure in zip(todo, results, failures, strict=True):
+            if failure is not None:
+                errors[ids[i]] = failure
+            else:
+                computed[ids[i]] = result
+        if backend == "torch" and computed:
+            arrays = _torch_batches(
+                list(computed.values()), config=config, device=device, batch_size=batch_size
+            )
+            computed = dict(zip(computed, arrays, strict=True))
+
+        # 3. A bad file fails the run before anything is written, unless skipped.
+        errors = {uid: errors[uid] for uid in ids if uid in errors}  # selection order
+        if errors and not skip_errors:
+            shown = "; ".join(errors[uid] for uid in list(errors)[:10])
+            more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+            raise SerlibError(
+                f"{len(errors)} bad audio file(s), nothing written "
+                f"(skip_errors=True leaves them out): {shown}{more}"
+            )
+        path_of = dict(zip(ids, paths, strict=True))
+        skipped = [(path_of[uid], reason) for uid, reason in errors.items()]
+        kept = [uid for uid in ids if uid not in errors]
+
+        # 4. Store the new rows (atomically, straight from the mapped results), then read the
+        # selection back in its order.
+        n_dtype = np.dtype(dtype)
+        if store is None:
+            features = np.empty((len(kept), *config.shape), dtype=n_dtype)
+            for row, uid in enumerate(kept):
+                features[row] = computed[uid]
+            store_path = None
         else:
-            computed[ids[i]] = result
-    if backend == "torch" and computed:
-        arrays = _torch_batches(
-            list(computed.values()), config=config, device=device, batch_size=batch_size
+            if computed:
+                index = store.commit({uid: (identities[uid], computed[uid]) for uid in computed})
+            features = store.read(index, kept)
+            store_path = store.root
+        return FeatureSet(
+            features=features,
+            utterance_ids=kept,
+            config=config,
+            skipped=skipped,
+            store_path=None if store_path is None else Path(store_path),
+            n_computed=len(computed),
+            n_reused=len(kept) - len(computed),
         )
-        computed = dict(zip(computed, arrays, strict=True))
-
-    # 3. A bad file fails the run before anything is written, unless skipped.
-    errors = {uid: errors[uid] for uid in ids if uid in errors}  # selection order
-    if errors and not skip_errors:
-        shown = "; ".join(errors[uid] for uid in list(errors)[:10])
-        more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
-        raise SerlibError(
-            f"{len(errors)} bad audio file(s), nothing written "
-            f"(skip_errors=True leaves them out): {shown}{more}"
-        )
-    path_of = dict(zip(ids, paths, strict=True))
-    skipped = [(path_of[uid], reason) for uid, reason in errors.items()]
-    kept = [uid for uid in ids if uid not in errors]
-
-    # 4. Store the new rows (atomically, straight from the mapped results), then read the
-    # selection back in its order.
-    n_dtype = np.dtype(dtype)
-    if store is None:
-        features = np.empty((len(kept), *config.shape), dtype=n_dtype)
-        for row, uid in enumerate(kept):
-            features[row] = computed[uid]
-        store_path = None
-    else:
-        if computed:
-            index = store.commit({uid: (identities[uid], computed[uid]) for uid in computed})
-        features = store.read(index, kept)
-        store_path = store.root
-    return FeatureSet(
-        features=features,
-        utterance_ids=kept,
-        config=config,
-        skipped=skipped,
-        store_path=None if store_path is None else Path(store_path),
-        n_computed=len(computed),
-        n_reused=len(kept) - len(computed),
-    )
