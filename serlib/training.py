@@ -147,8 +147,8 @@ def _criterion(config: TrainConfig):
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam or SGD (momentum 0.9, Nesterov) as ``config`` says, in torch's fused form: one
     kernel updates every parameter. On a GPU the per-parameter updates of the default form
-    are a third of a dispatch-bound ResNet-18 step (H100, batch 32: 10.7 -> 7.4 ms; see
-    benchmarks/README.md); on the CPU the gain is small."""
+    dominate a dispatch-bound ResNet-18 step (H100, spectrogram batch of 32: 14.4 -> 8.0 ms
+    in benchmarks/README.md); on the CPU the gain is small (about 1 %)."""
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr,
                                 weight_decay=config.weight_decay, fused=True)
@@ -159,8 +159,9 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 class _Batches:
     """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets.
 
-    Batches are in channels_last layout (on this project's 2-core CPU a ResNet-18 step is
-    1.3-1.5x faster so at widths >= 16; see benchmarks/README.md). On CUDA the whole split is
+    Batches are in channels_last layout (on this project's 2-core CPUs a ResNet-18 step is
+    1.3-1.5x faster so at widths >= 16, 1.3x at width 64 on the AMD one; see
+    benchmarks/README.md). On CUDA the whole split is
     copied to the device once (from pinned memory, ``non_blocking``; the paper's 2,280 clips of
     128 x 259 float32 are 0.3 GB) and batches are gathered there. No file I/O per step.
     """
