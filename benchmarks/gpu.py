@@ -30,8 +30,7 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-from training import epoch_overhead  # benchmarks/training.py (this folder is on sys.path)
+from training import SHAPES, epoch_overhead, step_flops  # benchmarks/training.py (on sys.path)
 
 from serlib.corpora.speech import synthesize_speech
 from serlib.features import FeatureConfig, features_from_prepared, prepare_waveform
@@ -40,7 +39,6 @@ from serlib.losses import focal_loss
 from serlib.models import ResNet18
 from serlib.training import TrainConfig, _autocast, _optimizer
 
-SHAPES = {"spectrogram": (128, 259), "mfcc": (40, 259)}
 SETUPS = ("fp32", "channels_last", "channels_last_fused", "serlib")
 
 
@@ -77,14 +75,6 @@ def make_step(setup: str, *, width: int, shape: tuple[int, int], batch: int,
     return model, step, x, y
 
 
-def step_flops(*, width: int, shape: tuple[int, int], batch: int) -> float:
-    model = ResNet18(width=width)
-    x, y = torch.randn(batch, 1, *shape), torch.randint(0, 4, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        focal_loss(model(x), y, gamma=2.0).backward()
-    return float(counter.get_total_flops())
-
-
 def time_step(step, steps: int) -> float:
     for _ in range(5):  # warm-up: cuDNN autotuning, allocator
         step()
@@ -96,7 +86,7 @@ def train_steps(device: torch.device, *, steps: int, width: int = 64,
     out = {}
     for feature, shape in SHAPES.items():
         for batch in batches:
-            flops = step_flops(width=width, shape=shape, batch=batch)
+            flops = step_flops(width, shape, batch)  # counted on the CPU, same model
             row = {"gflop_per_step": round(flops / 1e9, 1)}
             for setup in SETUPS:
                 seconds = time_step(make_step(setup, width=width, shape=shape, batch=batch,

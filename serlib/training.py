@@ -319,7 +319,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                                       device=device, amp=config.amp)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
-        "state": {k: v.detach().cpu() for k, v in best["state"].items()},
+        "state": _to_cpu(best["state"]),
         "optimizer": _to_cpu(best["optimizer"]),
         "mean": mean, "std": std,
         "history": history,

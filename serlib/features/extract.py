@@ -422,7 +422,7 @@ def _run_jobs(
     row_shape: tuple[int, ...],
     n_jobs: int,
     progress: bool,
-    scratch_dir: str | None = None,
+    scratch_dir: str,
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Apply ``worker(path, config=config)`` to every path; SerlibErrors are collected.
 
@@ -439,7 +439,7 @@ def _run_jobs(
     errors: list[str | None] = [None] * len(paths)
     bar = tqdm(total=len(paths), desc="features", unit="clip", disable=not progress)
     try:
-        if n_jobs <= 1 or len(paths) <= 1 or scratch_dir is None:
+        if n_jobs <= 1 or len(paths) <= 1:
             for i, path in enumerate(paths):
                 (results[i], errors[i]), = _work_chunk(worker, [path], config)
                 bar.update()
