@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
+from serlib.config import PROTOCOLS
 from serlib.errors import SerlibError
-
-PROTOCOLS = ("stratified", "session")
 
 
 def make_folds(selection: pd.DataFrame, *, protocol: str, n_folds: int, seed: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers):
-    from serlib.training import TrainConfig
+    from serlib.config import TrainConfig
 
     d = TrainConfig()
     parser = subparsers.add_parser(
@@ -44,7 +44,8 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from serlib.training import TrainConfig, format_summary, run_cross_validation
+    from serlib.config import TrainConfig
+    from serlib.training import format_summary, run_cross_validation
 
     config = TrainConfig(
         feature=args.feature, loss=args.loss, gamma=args.gamma,
