@@ -160,6 +160,25 @@ def execute_chapter(source: Path, target: Path, *, parameters: dict, cwd: Path,
     finally:
         if title is not None:
             source.unlink(missing_ok=True)
+    hide_plumbing_cells(target)
+
+
+#: Cells kept in the executed notebook but left off the rendered page: papermill's parameter
+#: cells (the defaults, then the injected values, would otherwise both show).
+HIDDEN_CELL_TAGS = ("parameters", "injected-parameters")
+
+
+def hide_plumbing_cells(notebook_path: Path) -> None:
+    """Tag the parameter cells of an executed notebook ``remove-cell`` (Jupyter Book then
+    leaves them off the page; the executed notebook still holds them)."""
+    import nbformat
+
+    notebook = nbformat.read(notebook_path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if any(tag in tags for tag in HIDDEN_CELL_TAGS) and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(notebook, notebook_path)
 
 
 def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
@@ -231,7 +250,8 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         "runs": str(out / "runs"),
     }
     staging = out / "staging"
-    corpus = paths["data_root"] or paths["manifest"]
+    # paths on the page are relative to the build folder: no machine's absolute paths
+    corpus = os.path.relpath(paths["data_root"] or paths["manifest"], out)
     build_info = (
         "```{admonition} This build\n"
         f"- profile: **{profile.name}**: {profile.description}\n"

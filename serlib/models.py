@@ -51,9 +51,10 @@ class ResNet18(nn.Module):
     in_channels : int
         Input channels (1 for a spectrogram or MFCC matrix).
 
-    Shapes
-    ------
-    input (B, in_channels, F, T), e.g. (B, 1, 128, 259) or (B, 1, 40, 259); output (B, n_classes).
+    Notes
+    -----
+    Input shape (B, in_channels, F, T), e.g. (B, 1, 128, 259) or (B, 1, 40, 259); output
+    shape (B, n_classes).
     """
 
     def __init__(self, *, n_classes: int = 4, width: int = 64, in_channels: int = 1):
@@ -85,6 +86,7 @@ class ResNet18(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_classes) of a batch of feature matrices (B, in_channels, F, T)."""
         x = self.stem(x)        # (B, w, F/4, T/4)
         x = self.layer1(x)      # (B, w, F/4, T/4)
         x = self.layer2(x)      # (B, 2w, F/8, T/8)

@@ -53,3 +53,28 @@ TABLE4 = pd.DataFrame(
 
 #: Focal loss at p_t = 0.8 and gamma = 2 is this much lower than cross-entropy (the paper: 96 %).
 FOCAL_EXAMPLE = {"p_t": 0.8, "gamma": 2.0, "reduction_percent": 96.0}
+
+
+def implied_accuracies(confusion_percent: pd.DataFrame,
+                       shares: dict[str, float] = CLASS_SHARES) -> dict[str, float]:
+    """WA and UA (%) that a row-normalised confusion matrix implies under given class shares.
+
+    WA is the share-weighted mean of the diagonal (each row's recall weighted by how common
+    its class is), UA the plain mean of the diagonal. The paper's Table 2 implies a WA of
+    70.7, as its Table 4 prints; its Table 3 implies 73.8, not the 74.6 of Table 4.
+
+    Parameters
+    ----------
+    confusion_percent : DataFrame, shape (4, 4)
+        Rows true, columns predicted, in % (rows sum to 100), ``PAPER_CLASSES`` order.
+    shares : dict
+        Class shares in % (default: the paper's selection, :data:`CLASS_SHARES`).
+
+    Returns
+    -------
+    dict
+        ``{"WA": ..., "UA": ...}`` in %.
+    """
+    recall = pd.Series(confusion_percent.to_numpy().diagonal(), index=confusion_percent.index)
+    weights = pd.Series(shares).reindex(recall.index)
+    return {"WA": float((recall * weights).sum() / weights.sum()), "UA": float(recall.mean())}

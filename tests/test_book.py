@@ -14,7 +14,7 @@ from serlib.cli import main
 from serlib.errors import SerlibError
 
 PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
-         "05_training_overview", "06_results", "07_api"] + [
+         "05_training_overview", "06_results", "10_api"] + [
     f"05_training_{f}_{loss}" for f, loss in PAPER_GRID]
 
 
