@@ -153,3 +153,44 @@ def test_compare_pooled_pairs_utterances_across_protocols(tmp_path, table):
     assert c.ua.pooled_difference < 0 and c.ua.ci[1] < 0
     assert c.ua.p == c.ua.wilcoxon_p < 0.05
     assert verdict(c, direction=-1)["ua"] == "agrees"     # session lower, as leakage predicts
+
+
+# ----------------------------------------------------------------------------- logit adjustment
+def test_logit_adjustment_tau_zero_keeps_predictions(tmp_path, table):
+    from serlib.posthoc import logit_adjust
+
+    run = load_run(_run(tmp_path, table, "a", accuracy=0.6))
+    same = logit_adjust(run, tau=0.0)
+    assert (same.predictions["predicted"] == run.predictions["predicted"]).all()
+    for m0, m1 in zip(run.folds, same.folds, strict=True):
+        assert m1["ua"] == pytest.approx(m0["ua"]) and m1["wa"] == pytest.approx(m0["wa"])
+        assert m1["n_train"] == m0["n_train"]
+    c = compare_runs(run, same, n_resamples=100)          # pairs with its source
+    assert c.ua.mean_difference == 0
+
+
+def test_logit_adjustment_uses_training_fold_priors(tmp_path, table):
+    from serlib.posthoc import logit_adjust, training_priors, write_run
+
+    run = load_run(_run(tmp_path, table, "a", accuracy=0.6))
+    priors = training_priors(run.predictions)
+    k = 2
+    outside = run.predictions[run.predictions["fold"] != k]["label"].value_counts(
+        normalize=True)
+    assert priors.loc[k].to_dict() == pytest.approx(outside.reindex(PAPER_CLASSES).to_dict())
+    tau = 1.0
+    adjusted = logit_adjust(run, tau=tau)
+    row = run.predictions.iloc[7]
+    p = row[[f"p_{c}" for c in PAPER_CLASSES]].to_numpy(dtype=float)
+    expected = PAPER_CLASSES[int(np.argmax(np.log(p) - tau * np.log(
+        priors.loc[row["fold"]].to_numpy())))]
+    assert adjusted.predictions.iloc[7]["predicted"] == expected
+    # the adjustment moves predictions toward the rare classes
+    rare = adjusted.predictions["predicted"].isin(["happiness", "anger"]).mean()
+    assert rare > run.predictions["predicted"].isin(["happiness", "anger"]).mean()
+    folder = write_run(adjusted, tmp_path / "adjusted")
+    back = load_run(folder)
+    assert back.summary["posthoc"]["tau"] == tau
+    assert back.summary["ua_mean"] == pytest.approx(adjusted.summary["ua_mean"])
+    with pytest.raises(SerlibError, match="tau"):
+        logit_adjust(run, tau=-1)
