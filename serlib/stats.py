@@ -277,6 +277,19 @@ def speaker_bootstrap(frames: list[pd.DataFrame], *, n_resamples: int, seed: int
     return out
 
 
+def pooled_interval(runs: RunLike | Sequence[RunLike], *, n_resamples: int = 2000,
+                    level: float = 0.95, seed: int = 0) -> dict:
+    """Pooled WA and UA of one run (all seeds' test predictions) with a speaker bootstrap
+    interval: ``{"wa": (value, (lo, hi)), "ua": ...}``, fractions."""
+    runs = _as_runs(runs, "runs")
+    frames = [pd.DataFrame({"speaker": r.predictions["speaker"], "label": r.predictions["label"],
+                            "correct_ref": False,
+                            "correct_other": r.predictions["predicted"] == r.predictions["label"]})
+              for r in runs]                     # difference from an always-wrong reference
+    boot = speaker_bootstrap(frames, n_resamples=n_resamples, seed=seed, level=level)
+    return {m: (boot[m][0], boot[m][1]) for m in ("wa", "ua")}
+
+
 # ----------------------------------------------------------------------------- comparisons
 def compare_runs(reference: RunLike | Sequence[RunLike], other: RunLike | Sequence[RunLike],
                  *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
@@ -411,6 +424,7 @@ __all__ = [
     "corrected_ttest",
     "fold_utterances",
     "metric_verdict",
+    "pooled_interval",
     "run_seed",
     "speaker_bootstrap",
     "verdict",

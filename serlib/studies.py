@@ -60,6 +60,28 @@ POSTHOC_METHODS = ("logit_adjustment",)
 VECTOR_FIELDS = ("alpha",)          # a list of numbers is one value, not a sweep
 
 
+#: The two studies of the book (the module docstring's YAML), for profiles that name none.
+DEFAULT_STUDIES: dict = {
+    "leakage": {
+        "description": "the paper's four configurations under both protocols",
+        "shared": {"protocol": ["stratified", "session"]},
+        "runs": [{"feature": f, "loss": loss} for f in ("spectrogram", "mfcc")
+                 for loss in ("softmax", "focal")],
+        "reference": {"protocol": "stratified"},
+    },
+    "imbalance": {
+        "description": "focal loss against other imbalance remedies (MFCC, session protocol)",
+        "shared": {"feature": "mfcc", "protocol": "session"},
+        "runs": [{"loss": "softmax"}, {"loss": "softmax", "class_weights": "inverse"},
+                 {"loss": "softmax", "sampler": "balanced"},
+                 {"loss": "focal", "gamma": [0.5, 1.0, 2.0, 5.0]},
+                 {"loss": "focal", "gamma": 2.0, "class_weights": "inverse"}],
+        "reference": {"loss": "softmax"},
+        "posthoc": [{"method": "logit_adjustment", "of": {"loss": "softmax"}, "tau": 1.0}],
+    },
+}
+
+
 @dataclass(frozen=True)
 class StudyRow:
     """One configuration of a study (all its seeds): what a chapter tables as one row.
@@ -349,4 +371,4 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
     return rows
 
 
-__all__ = ["StudyRow", "expand_studies", "run_name", "study_rows"]
+__all__ = ["DEFAULT_STUDIES", "StudyRow", "expand_studies", "run_name", "study_rows"]
