@@ -1,0 +1,279 @@
+"""Tables, figures and verdict sentences of the study chapters (speaker leakage, imbalance).
+
+Everything is computed from run folders (and :mod:`serlib.stats`); a chapter only calls these.
+Percentages are points (0..100); differences are *row minus its reference*.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serlib import paper
+from serlib.errors import SerlibError
+from serlib.labels import PAPER_CLASSES, SHORT_NAMES
+from serlib.posthoc import logit_adjust
+from serlib.results import Run, load_run
+from serlib.stats import Comparison, compare_pooled, compare_runs, pooled_interval, verdict
+from serlib.studies import StudyRow
+
+MINORITY = ("happiness", "anger")
+_IEMOCAP_SPEAKER = re.compile(r"^Ses\d+(?P<gender>[FM])$")
+
+
+def load_study(runs_dir: str | os.PathLike, rows: list[StudyRow]) -> dict[str, list[Run]]:
+    """The runs of every row (one per seed), keyed by row label; posthoc rows are computed
+    (:func:`serlib.posthoc.logit_adjust`). A missing run folder raises, naming it."""
+    runs_dir = Path(runs_dir)
+    out = {}
+    for row in rows:
+        runs = [load_run(runs_dir / name) for name in row.runs]
+        if row.kind == "posthoc":
+            runs = [logit_adjust(r, tau=float(row.posthoc["tau"])) for r in runs]
+        out[row.label] = runs
+    return out
+
+
+def _pooled_recall(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
+    confusion = np.sum([np.asarray(r.summary["confusion"]) for r in runs], axis=0)
+    n = confusion.sum(axis=1)
+    return np.divide(np.diag(confusion), n, out=np.zeros(len(n)), where=n > 0), n
+
+
+def _fold_values(runs: list[Run], key: str) -> np.ndarray:
+    return np.array([m[key] for r in runs for m in r.folds])
+
+
+def _pm(values: np.ndarray) -> str:
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
+
+
+def _diff(test) -> str:
+    lo, hi = test.ci
+    return f"{100 * test.pooled_difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _p(p: float) -> str:
+    return "—" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+
+
+def compare_rows(rows: list[StudyRow], runs: dict[str, list[Run]], *, alpha: float,
+                 direction: int, n_resamples: int = 2000, seed: int = 0
+                 ) -> dict[str, tuple[Comparison, dict]]:
+    """Each non-reference row against its reference: ``{label: (comparison, verdicts)}``.
+
+    Rows on the same folds as their reference get :func:`serlib.stats.compare_runs`; rows on
+    other folds (another protocol) get :func:`serlib.stats.compare_pooled`.
+    """
+    out = {}
+    for row in rows:
+        if row.compare_with is None:
+            continue
+        ref, other = runs[row.compare_with], runs[row.label]
+        same_folds = ref[0].summary["protocol"] == other[0].summary["protocol"]
+        compare = compare_runs if same_folds else compare_pooled
+        c = compare(ref, other, n_resamples=n_resamples, seed=seed)
+        out[row.label] = (c, verdict(c, direction=direction, alpha=alpha))
+    return out
+
+
+# ----------------------------------------------------------------------------- leakage
+def leakage_table(rows: list[StudyRow], runs: dict[str, list[Run]],
+                  comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
+    """Table 4 under both protocols side by side: WA and UA (mean ± std over seeds x folds),
+    the session minus stratified difference of the pooled UA and WA with its speaker-bootstrap
+    interval, the Wilcoxon p-value over speakers, and the verdict on "leakage inflates"."""
+    by_label = {r.label: r for r in rows}
+    table = []
+    for label, (c, v) in comparisons.items():
+        row = by_label[label]
+        ref = runs[row.compare_with]
+        other = runs[label]
+        table.append({
+            "feature": row.config["feature"], "loss": row.config["loss"],
+            "paper WA": _paper(row, "WA"), "paper UA": _paper(row, "UA"),
+            f"{ref[0].summary['protocol']} WA": _pm(_fold_values(ref, "wa")),
+            f"{ref[0].summary['protocol']} UA": _pm(_fold_values(ref, "ua")),
+            f"{other[0].summary['protocol']} WA": _pm(_fold_values(other, "wa")),
+            f"{other[0].summary['protocol']} UA": _pm(_fold_values(other, "ua")),
+            "Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
+            "p (WA)": _p(c.wa.p), "p (UA)": _p(c.ua.p), "verdict": v["overall"]})
+    return pd.DataFrame(table).set_index(["feature", "loss"])
+
+
+def _paper(row: StudyRow, metric: str):
+    t = paper.TABLE4.set_index(["feature", "loss"])
+    key = (row.config.get("feature"), row.config.get("loss"))
+    return t.loc[key, metric] if key in t.index else "—"
+
+
+def speaker_genders(run: Run) -> dict[str, str]:
+    """Gender of each speaker: the selection CSV's ``gender`` column when the run's
+    ``config.json`` names a readable one, else IEMOCAP-style ids (``Ses01F``), else ``"?"``."""
+    speakers = run.predictions["speaker"].astype(str).unique()
+    path = ((run.config or {}).get("selection") or {}).get("path")
+    if path and Path(path).is_file():
+        selection = pd.read_csv(path)
+        if {"speaker", "gender"} <= set(selection):
+            known = selection.drop_duplicates("speaker").set_index("speaker")["gender"]
+            return {s: str(known.get(s, "?")) for s in speakers}
+    out = {}
+    for s in speakers:
+        m = _IEMOCAP_SPEAKER.match(s)
+        out[s] = m["gender"] if m else "?"
+    return out
+
+
+def per_speaker_table(runs: list[Run]) -> pd.DataFrame:
+    """Per speaker (all seeds pooled): gender, utterances, WA and UA (%)."""
+    from serlib.metrics import unweighted_accuracy, weighted_accuracy
+
+    genders = speaker_genders(runs[0])
+    preds = pd.concat([r.predictions for r in runs], ignore_index=True)
+    rows = []
+    for speaker, g in preds.groupby(preds["speaker"].astype(str)):
+        rows.append({"speaker": speaker, "gender": genders.get(speaker, "?"),
+                     "utterances": len(g) // len(runs),
+                     "WA %": 100 * weighted_accuracy(g["label"], g["predicted"]),
+                     "UA %": 100 * unweighted_accuracy(g["label"], g["predicted"])})
+    return pd.DataFrame(rows).set_index("speaker").round(1)
+
+
+def plot_per_speaker(table: pd.DataFrame, *, title: str, ax=None):
+    """One bar per speaker (UA %), coloured by gender; a line at the pooled mean."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.4), constrained_layout=True)
+    data = table.reset_index()
+    sns.barplot(data=data, x="speaker", y="UA %", hue="gender", dodge=False, ax=ax,
+                palette={"F": "tab:red", "M": "tab:blue", "?": "tab:gray"})
+    ax.axhline(data["UA %"].mean(), color="k", lw=1, ls="--", label="mean of speakers")
+    ax.set(title=title, ylim=(0, 100))
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(loc="lower right", fontsize=8)
+    return ax
+
+
+# ----------------------------------------------------------------------------- imbalance
+def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
+                 comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
+    """Every row's WA, UA, macro-F1 (mean ± std over seeds x folds), pooled per-class recall
+    (%), and against its reference: pooled UA and WA differences with speaker-bootstrap
+    intervals, the corrected t-test and Wilcoxon p-values of UA, and the verdict."""
+    table = []
+    for row in rows:
+        rs = runs[row.label]
+        recall, _ = _pooled_recall(rs)
+        entry = {"remedy": row.label, "WA %": _pm(_fold_values(rs, "wa")),
+                 "UA %": _pm(_fold_values(rs, "ua")),
+                 "macro-F1 %": _pm(_fold_values(rs, "macro_f1")),
+                 **{f"{SHORT_NAMES[c]} %": round(100 * r, 1)
+                    for c, r in zip(PAPER_CLASSES, recall, strict=True)}}
+        if row.label in comparisons:
+            c, v = comparisons[row.label]
+            entry.update({"Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
+                          "p UA (t)": _p(c.ua.p_t), "p UA (Wilcoxon)": _p(c.ua.wilcoxon_p),
+                          "verdict": v["overall"]})
+        else:
+            entry.update({"Δ WA [CI]": "reference", "Δ UA [CI]": "reference",
+                          "p UA (t)": "", "p UA (Wilcoxon)": "", "verdict": ""})
+        table.append(entry)
+    return pd.DataFrame(table).set_index("remedy")
+
+
+def gamma_curve(rows: list[StudyRow], runs: dict[str, list[Run]], *,
+                n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Pooled UA (%) with its speaker-bootstrap 95 % interval against gamma: the focal rows
+    without other remedies, and plain softmax as gamma 0 (focal loss at gamma 0 is
+    cross-entropy)."""
+    points = []
+    for row in rows:
+        c = row.config
+        plain = row.kind == "trained" and not (set(c) - {"feature", "loss", "protocol",
+                                                         "gamma"})
+        if not plain or c["loss"] not in ("focal", "softmax"):
+            continue
+        gamma = float(c["gamma"]) if c["loss"] == "focal" else 0.0
+        value, (lo, hi) = pooled_interval(runs[row.label], n_resamples=n_resamples,
+                                          seed=seed)["ua"]
+        points.append({"gamma": gamma, "loss": c["loss"], "UA %": 100 * value,
+                       "low": 100 * lo, "high": 100 * hi})
+    if not points:
+        raise SerlibError("no plain focal or softmax row in the study: nothing to plot "
+                          "against gamma")
+    return pd.DataFrame(points).sort_values("gamma").reset_index(drop=True)
+
+
+def plot_gamma_curve(curve: pd.DataFrame, *, title: str, ax=None):
+    """UA against gamma with its intervals (error bars)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    err = np.vstack([curve["UA %"] - curve["low"], curve["high"] - curve["UA %"]])
+    ax.errorbar(curve["gamma"], curve["UA %"], yerr=err, marker="o", capsize=4)
+    ax.set(title=title, xlabel="gamma (0 = softmax / cross-entropy)", ylabel="pooled UA %")
+    return ax
+
+
+def paper_minority_shift() -> dict[str, float]:
+    """The paper's recall change (points) from Table 2 (softmax) to Table 3 (focal)."""
+    return {c: float(paper.TABLE3.loc[c, c] - paper.TABLE2.loc[c, c]) for c in PAPER_CLASSES}
+
+
+def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]]) -> pd.DataFrame:
+    """How each row moves every class's pooled recall (points, row minus its reference), with
+    the paper's Table 2 -> 3 shift as the first row and the clip counts behind each recall."""
+    by_label = {r.label: r for r in rows}
+    shift = paper_minority_shift()
+    table = [{"remedy": "paper: focal vs softmax (Tables 2 -> 3)",
+              **{f"Δ {SHORT_NAMES[c]}": round(shift[c], 1) for c in PAPER_CLASSES},
+              "test clips (hap / ang)": "—"}]
+    for label, row in by_label.items():
+        if row.compare_with is None:
+            continue
+        r1, n = _pooled_recall(runs[label])
+        r0, _ = _pooled_recall(runs[row.compare_with])
+        n_runs = len(runs[label])
+        table.append({"remedy": label,
+                      **{f"Δ {SHORT_NAMES[c]}": round(100 * (a - b), 1)
+                         for c, a, b in zip(PAPER_CLASSES, r1, r0, strict=True)},
+                      "test clips (hap / ang)":
+                          f"{int(n[1]) // n_runs} / {int(n[3]) // n_runs}"})
+    return pd.DataFrame(table).set_index("remedy")
+
+
+# ----------------------------------------------------------------------------- sentences
+def verdict_sentence(label: str, comparison: Comparison, verdicts: dict, *, claim: str,
+                     alpha: float) -> str:
+    """One sentence: the claim, the differences with intervals and p-values, the verdict."""
+    c = comparison
+    word = {"agrees": "agrees with", "contradicts": "contradicts",
+            "inconclusive": "is inconclusive on"}[verdicts["overall"]]
+    return (f"**{label}** {word} the claim that {claim}: UA {_diff(c.ua)} points "
+            f"(p = {_p(c.ua.p)}, {verdicts['ua']}), WA {_diff(c.wa)} points "
+            f"(p = {_p(c.wa.p)}, {verdicts['wa']}); {c.ua.test}, n = {c.n}, "
+            f"alpha = {alpha:g}, {round(100 * c.level)} % speaker-bootstrap intervals.")
+
+
+__all__ = [
+    "compare_rows",
+    "gamma_curve",
+    "leakage_table",
+    "load_study",
+    "minority_shift_table",
+    "paper_minority_shift",
+    "per_speaker_table",
+    "plot_gamma_curve",
+    "plot_per_speaker",
+    "remedy_table",
+    "speaker_genders",
+    "verdict_sentence",
+]

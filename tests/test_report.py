@@ -1,0 +1,93 @@
+"""serlib.report: the study chapters' tables and figures, on fake run folders of a study."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+
+from serlib.report import (
+    compare_rows,
+    gamma_curve,
+    leakage_table,
+    load_study,
+    minority_shift_table,
+    paper_minority_shift,
+    per_speaker_table,
+    plot_gamma_curve,
+    plot_per_speaker,
+    remedy_table,
+    verdict_sentence,
+)
+from serlib.studies import DEFAULT_STUDIES, study_rows
+from tests.stats_runs import write_study_runs
+
+matplotlib.use("Agg")
+BASE = {"gamma": 2.0, "protocol": "stratified", "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    return write_study_runs(tmp_path_factory.mktemp("runs"), studies=DEFAULT_STUDIES,
+                            base_training=BASE, seeds=[0, 1])
+
+
+def _study(runs_dir, name):
+    rows = study_rows(DEFAULT_STUDIES, name, base_training=BASE, seeds=[0, 1])
+    return rows, load_study(runs_dir, rows)
+
+
+def test_leakage_table_pairs_protocols_by_utterance(runs_dir):
+    rows, runs = _study(runs_dir, "leakage")
+    comparisons = compare_rows(rows, runs, alpha=0.05, direction=-1, n_resamples=200)
+    assert len(comparisons) == 4
+    c, v = comparisons["mfcc, focal, session"]
+    assert c.paired_by == "speaker" and c.n == 10
+    assert c.ua.ci[1] < 0 and v["overall"] == "agrees"   # the fake session runs are worse
+    table = leakage_table(rows, runs, comparisons)
+    assert list(table.index) == [("spectrogram", "softmax"), ("spectrogram", "focal"),
+                                 ("mfcc", "softmax"), ("mfcc", "focal")]
+    assert table.loc[("mfcc", "focal"), "paper UA"] == 66.7
+    assert {"stratified UA", "session UA", "Δ UA [CI]", "verdict"} <= set(table.columns)
+    text = verdict_sentence("MFCC + focal", c, v, claim="leakage inflates", alpha=0.05)
+    assert "agrees with" in text and "n = 10" in text
+
+
+def test_per_speaker_table_and_figure(runs_dir):
+    rows, runs = _study(runs_dir, "leakage")
+    table = per_speaker_table(runs["mfcc, focal, session"])
+    assert len(table) == 10 and set(table["gender"]) == {"F", "M"}
+    assert (table["utterances"] == 40).all()
+    ax = plot_per_speaker(table, title="x")
+    assert len(ax.patches) >= 10
+
+
+def test_remedy_table_against_softmax(runs_dir):
+    rows, runs = _study(runs_dir, "imbalance")
+    comparisons = compare_rows(rows, runs, alpha=0.05, direction=1, n_resamples=200)
+    assert set(comparisons) == {r.label for r in rows if not r.reference}
+    c, _ = comparisons["focal, gamma 2"]
+    assert c.paired_by == "fold" and c.n == 10           # 2 seeds x 5 folds
+    table = remedy_table(rows, runs, comparisons)
+    assert table.loc["softmax", "Δ UA [CI]"] == "reference"
+    assert "softmax + logit adjustment (tau 1)" in table.index
+    assert {"neu %", "hap %", "sad %", "ang %", "p UA (t)", "verdict"} <= set(table.columns)
+
+
+def test_gamma_curve_starts_at_softmax(runs_dir):
+    rows, runs = _study(runs_dir, "imbalance")
+    curve = gamma_curve(rows, runs, n_resamples=200)
+    assert list(curve["gamma"]) == [0.0, 0.5, 1.0, 2.0, 5.0]
+    assert (curve["low"] <= curve["UA %"]).all() and (curve["UA %"] <= curve["high"]).all()
+    assert plot_gamma_curve(curve, title="x") is not None
+
+
+def test_minority_shift_against_the_papers(runs_dir):
+    shift = paper_minority_shift()
+    assert shift["happiness"] == pytest.approx(52.0 - 25.2)
+    assert shift["anger"] == pytest.approx(52.9 - 42.8)
+    rows, runs = _study(runs_dir, "imbalance")
+    table = minority_shift_table(rows, runs)
+    assert table.index[0].startswith("paper")
+    assert table.loc["focal, gamma 2", "Δ hap"] > 0          # the fake focal runs boost it
+    assert np.isfinite(table["Δ ang"].astype(float)).all()
