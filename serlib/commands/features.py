@@ -11,8 +11,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compute the paper's features of a selection (cached)",
         description=(
             "Compute the log-mel spectrogram or MFCC of every clip of a selection CSV, in "
-            "parallel, into a store under OUT/<config fingerprint>/. Clips already stored with "
-            "the same config and an unchanged file are reused."
+            "parallel, into a store under OUT/<config fingerprint>/, at the clip length the "
+            "selection was made with (serlib select --max-seconds). Clips already stored with "
+            "the same config and an unchanged file are reused; finished clips are stored as "
+            "the run goes, so an interrupted run resumes."
         ),
     )
     parser.add_argument("--selection", required=True, help="selection CSV (utterance_id, path)")
@@ -32,10 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from serlib.corpora import read_selection
-    from serlib.features import FeatureConfig, extract_corpus
+    from serlib.features import extract_corpus, feature_config_for
 
     selection = read_selection(args.selection)
-    config = FeatureConfig.preset(args.kind)
+    config = feature_config_for(selection, args.kind)
     result = extract_corpus(
         selection,
         config=config,
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{args.kind}: {len(result)} clips of shape {config.shape} "
+        f"({config.max_seconds:g} s) "
         f"(computed {result.n_computed}, reused {result.n_reused}, "
         f"skipped {len(result.skipped)})"
     )
