@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -198,3 +199,62 @@ def test_warm_features_command_imports_no_librosa_or_torch(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "reused 3" in proc.stdout and proc.stdout.strip().endswith("none")
+
+
+@pytest.mark.slow
+def test_features_command_survives_random_kills(synthetic_root, tmp_path):
+    """SIGKILL `serlib features` at seeded random moments, truncate a random store file after
+    each kill, rerun: the final store equals an uninterrupted one, and no scratch is left."""
+    import tempfile
+    import time
+
+    sel = tmp_path / "sel.csv"
+    assert main(["select", "--iemocap", str(synthetic_root), "--out", str(sel), "--quiet"]) == 0
+
+    def command(out):
+        return [sys.executable, "-m", "serlib", "features", "--selection", str(sel), "--kind",
+                "spectrogram", "--out", str(out), "--jobs", "2", "--commit-every", "8",
+                "--quiet"]
+
+    start = time.perf_counter()
+    subprocess.run(command(tmp_path / "ref"), check=True, capture_output=True, timeout=600)
+    duration = time.perf_counter() - start
+    rng = np.random.default_rng(20261201)
+    config = feature_config_for(sel, "spectrogram")
+    store = FeatureStore(tmp_path / "cache", config, dtype="float32")
+    pids, kills = [], 0
+    for _ in range(5):
+        proc = subprocess.Popen(command(tmp_path / "cache"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        pids.append(proc.pid)
+        time.sleep(rng.uniform(0.3, 1.0) * duration)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        files = sorted(p for p in store.root.glob("*") if p.is_file() and p.name != ".lock") \
+            if store.root.is_dir() else []
+        if files:
+            victim = files[rng.integers(len(files))]
+            size = victim.stat().st_size
+            with open(victim, "r+b") as handle:
+                handle.truncate(int(rng.integers(0, max(size, 1))))
+    assert kills >= 2, f"only {kills} of 5 runs were killed (duration {duration:.1f} s)"
+    final = subprocess.run(command(tmp_path / "cache"), capture_output=True, text=True,
+                           timeout=600)
+    assert final.returncode == 0, final.stderr
+    pids.append(-1)
+
+    reference = FeatureStore(tmp_path / "ref", config, dtype="float32")
+    ref_index, index = reference.read_index(), store.read_index()
+    assert not index.damaged and set(index.entries) == set(ref_index.entries)
+    ids = sorted(ref_index.entries)
+    np.testing.assert_array_equal(store.read(index, ids), reference.read(ref_index, ids))
+    assert json.loads((store.root / "config.json").read_text()) == config.to_dict()
+    for parent in ("/dev/shm", tempfile.gettempdir()):
+        if os.path.isdir(parent):
+            left = [n for n in os.listdir(parent)
+                    if any(n.startswith(f"serlib-features-{pid}-") for pid in pids)]
+            assert left == [], parent
+    assert [p for p in store.root.rglob("*") if p.name.endswith(".tmp")] == []
+    assert sorted(p.name for p in store.root.glob("features-*.npy")) == sorted(index.shards)

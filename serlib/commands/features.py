@@ -27,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=("librosa", "torch"), default="librosa")
     parser.add_argument("--device", default=None, help="torch device for --backend torch")
+    parser.add_argument("--commit-every", type=int, default=256, metavar="N",
+                        help="store the finished clips every N clips (default 256; a kill "
+                        "loses at most N)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
         device=args.device,
+        commit_every=args.commit_every,
     )
     print(
         f"{args.kind}: {len(result)} clips of shape {config.shape} "

@@ -11,7 +11,8 @@ Scratch: the workers write their results into a memory-mapped file in a scratch 
 removed on every exit path Python sees (an exception, Ctrl-C, SIGTERM through the command
 line); for a SIGKILL, which nothing can catch, each scratch folder holds a lock file that its
 process keeps locked (``flock``), and the next run removes every scratch folder whose lock is
-free.
+free. The lock is a POSIX record lock (``lockf``): the kernel drops it when its process
+dies, and forked worker processes do not inherit it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -45,6 +47,7 @@ DTYPES = ("float32", "float16")
 COMMIT_EVERY = 256
 SCRATCH_PREFIX = "serlib-features-"
 _OWNER = "owner.lock"
+_OWN_SCRATCH: set[str] = set()  # this process's live scratch folders (its locks are its own)
 
 
 def _extract_module():
@@ -72,7 +75,26 @@ def _init_worker() -> None:
         pass
     else:
         threadpool_limits(limits=1)
+    _die_with_parent()
     _keep_freed_memory()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that forked it dies (SIGKILL
+    included), so that a killed run leaves no worker computing into a deleted scratch file."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1  # <sys/prctl.h>
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _keep_freed_memory() -> None:
@@ -260,7 +282,7 @@ def remove_stale_scratch(parents: Sequence[str | None] = ("/dev/shm", None)) -> 
         except OSError:
             continue
         for scratch in candidates:
-            if not scratch.is_dir():
+            if not scratch.is_dir() or str(scratch) in _OWN_SCRATCH:
                 continue
             owner = scratch / _OWNER
             try:
@@ -277,7 +299,7 @@ def remove_stale_scratch(parents: Sequence[str | None] = ("/dev/shm", None)) -> 
             except OSError:
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # its process is alive
             finally:
@@ -293,13 +315,15 @@ def _scratch(n_bytes: int) -> Iterator[str]:
     parent = _scratch_parent(n_bytes)
     remove_stale_scratch(("/dev/shm", None) if parent is None else (parent, None))
     folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
+    _OWN_SCRATCH.add(folder)
     fd = os.open(os.path.join(folder, _OWNER), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.lockf(fd, fcntl.LOCK_EX)
         yield folder
     finally:
         os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
+        _OWN_SCRATCH.discard(folder)
 
 
 # ---------------------------------------------------------------------- a corpus

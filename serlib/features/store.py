@@ -294,7 +294,11 @@ class FeatureStore:
 
     def _write_shard(self, rows: list[np.ndarray]) -> str:
         config_path = self.root / "config.json"
-        if not config_path.exists():
+        try:
+            intact = json.loads(config_path.read_text(encoding="utf-8")) == self.config.to_dict()
+        except (OSError, ValueError):
+            intact = False
+        if not intact:  # missing, or damaged by a crash of something else: rewritten
             atomic_write_json(config_path, self.config.to_dict())
         name = f"features-{self.dtype.name}-{secrets.token_hex(6)}.npy"
         with atomic_path(self.root / name) as tmp:
