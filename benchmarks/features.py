@@ -22,7 +22,20 @@ speech-like clips at 16 kHz (resampled to 22,050 Hz by both paths), and separate
 "emodb", the real clips of ../shared/data/emodb when present (2 s on average at 22,050 Hz,
 padded to 6 s by both paths).
 
+Whole processes (``--part whole-process``, on by default), under "whole_process": on the small
+generated corpus (``serlib synth --size small``, 360 clips, selected with ``serlib select``),
+each timed as a fresh ``python`` process, interleaved ``--repeats`` times (medians):
+
+- ``naive_s``: a plain script (:data:`NAIVE_SCRIPT`) that imports librosa and loops over the
+  selection's files as above, saving the stacked features with ``np.save``;
+- ``cold_s``: ``python -m serlib features --kind spectrogram`` into an empty cache;
+- ``warm_s``: the same command again, every clip cached;
+- ``help_s`` / ``import_pandas_s``: ``python -m serlib --help`` against ``python -c "import
+  pandas"``;
+- ``cold_speedup``, ``warm_speedup`` (naive / serlib) and ``help_ratio`` (help / pandas).
+
 Usage: python benchmarks/features.py [--clips 200] [--repeats 5] [--jobs N] [--no-emodb]
+       [--part in-process|whole-process|both]
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +57,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from serlib.features import FeatureConfig, extract_corpus, extract_file
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # measure the serlib beside this script (the subprocesses too)
+
+from serlib.features import FeatureConfig, extract_corpus, extract_file  # noqa: E402
 
 EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 
@@ -133,6 +150,86 @@ def compare(selection: pd.DataFrame, *, config: FeatureConfig, jobs: int | None,
     }
 
 
+NAIVE_SCRIPT = """
+import csv, sys
+import librosa
+import numpy as np
+selection, out = sys.argv[1], sys.argv[2]
+rows = []
+with open(selection, newline="") as handle:
+    for record in csv.DictReader(handle):
+        y, sr = librosa.load(record["path"], sr=22050)
+        y = librosa.util.fix_length(y, size=6 * 22050)
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=sr, n_fft=2048, hop_length=512, win_length=2048, window="hann",
+            center=True, pad_mode="constant", power=2.0, n_mels=128, fmin=0.0, fmax=11025.0,
+            htk=False, norm="slaney")
+        rows.append(librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0))
+np.save(out, np.stack(rows))
+"""
+
+
+def _timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   cwd=REPO)
+    return time.perf_counter() - start
+
+
+def whole_process(tmp: Path, *, repeats: int, jobs: int | None) -> dict:
+    """Time whole processes on the small generated corpus (see the module docstring)."""
+    from serlib.corpora import load_iemocap, select_utterances, write_selection
+    from serlib.corpora.synthetic import generate_corpus
+
+    root = generate_corpus(tmp / "generated", seed=0, size="small", progress=False)
+    selection = tmp / "selection.csv"
+    write_selection(select_utterances(load_iemocap(root)), selection)
+    n_clips = sum(1 for _ in open(selection)) - 1
+    script = tmp / "naive.py"
+    script.write_text(NAIVE_SCRIPT)
+    python = sys.executable
+    jobs_args = [] if jobs is None else ["--jobs", str(jobs)]
+
+    def features(cache: Path) -> list[str]:
+        return [python, "-m", "serlib", "features", "--selection", str(selection), "--kind",
+                "spectrogram", "--out", str(cache), "--quiet", *jobs_args]
+
+    # one-off costs kept out of every timing: bytecode caches, the page cache of the wavs
+    _timed([python, script.as_posix(), str(selection), str(tmp / "naive0.npy")])
+    _timed(features(tmp / "cache-warmup"))
+    times: dict[str, list[float]] = {k: [] for k in ("naive", "cold", "warm", "help", "pandas")}
+    for r in range(repeats):
+        times["naive"].append(_timed([python, str(script), str(selection),
+                                      str(tmp / "naive.npy")]))
+        times["cold"].append(_timed(features(tmp / f"cache{r}")))
+        times["warm"].append(_timed(features(tmp / f"cache{r}")))
+        times["help"].append(_timed([python, "-m", "serlib", "--help"]))
+        times["pandas"].append(_timed([python, "-c", "import pandas"]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    # the same numbers: serlib's store against the naive script's arrays
+    from serlib.corpora import read_selection
+    from serlib.features import FeatureStore, feature_config_for
+
+    config = feature_config_for(selection, "spectrogram")
+    store = FeatureStore(tmp / "cache0", config, dtype="float32")
+    ids = list(read_selection(selection)["utterance_id"])
+    ours = store.read(store.read_index(), ids)
+    naive = np.load(tmp / "naive.npy")
+    return {
+        "n_clips": n_clips,
+        "repeats": repeats,
+        "naive_s": round(med["naive"], 2),
+        "cold_s": round(med["cold"], 2),
+        "warm_s": round(med["warm"], 2),
+        "help_s": round(med["help"], 3),
+        "import_pandas_s": round(med["pandas"], 3),
+        "cold_speedup": round(med["naive"] / med["cold"], 2),
+        "warm_speedup": round(med["naive"] / med["warm"], 2),
+        "help_ratio": round(med["help"] / med["pandas"], 2),
+        "max_abs_db_diff": float(np.abs(ours - naive).max()),
+    }
+
+
 def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux (bytes on macOS)
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
@@ -147,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats")
     parser.add_argument("--no-emodb", action="store_true")
+    parser.add_argument("--part", choices=("in-process", "whole-process", "both"),
+                        default="both")
     args = parser.parse_args(argv)
     config = FeatureConfig.preset("spectrogram")
     report: dict = {
@@ -156,6 +255,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory(prefix="serlib-bench-") as tmp:
         tmp = Path(tmp)
+        if args.part != "in-process":
+            report["whole_process"] = whole_process(tmp / "whole", repeats=args.repeats,
+                                                    jobs=args.jobs)
+            report["whole_process"]["clips"] = "serlib synth --size small, paper selection"
+        if args.part == "whole-process":
+            report["peak_rss_mb"] = peak_rss_mb()
+            print(json.dumps(report, indent=2))
+            return report
         rows = []
         for i in range(args.clips):
             path = tmp / "wav" / f"clip{i:03d}.wav"

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks complete."""
+"""Atomic file writes (a crash never leaves a half-written file that looks complete), and the one
+CSV reader for selection and manifest tables (strings stay strings)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,26 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from serlib.errors import SerlibError
+
+if TYPE_CHECKING:
+    import pandas
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _honour_umask(path: Path, *, directory: bool = False) -> None:
+    """Give a file made by :mod:`tempfile` (mode 0600, or 0700 for a folder) the mode a plain
+    ``open``/``mkdir`` would have given it: 0666 (0777) less the umask."""
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~_umask())
 
 
 @contextlib.contextmanager
@@ -23,6 +43,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _honour_umask(tmp_path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -40,6 +61,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _honour_umask(tmp, directory=True)
     try:
         yield tmp
         if path.exists():
@@ -64,3 +86,59 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_text_csv(
+    path: str | os.PathLike, *, what: str, numeric: tuple[str, ...] = ()
+) -> pandas.DataFrame:
+    """Read a CSV with every cell kept as the string it is (no NA guessing).
+
+    pandas' defaults read ``null``, ``nan``, ``NA`` or ``None`` as missing values, so that a
+    file named ``null.wav`` or a speaker ``NA`` silently became NaN. Here every column is read
+    as ``str`` with ``keep_default_na=False``; an empty cell is the empty string. The columns
+    named in ``numeric`` are then converted to numbers, an empty cell becoming NaN (and any
+    other non-number is an error naming the file and the line).
+
+    Parameters
+    ----------
+    path : path-like
+    what : str
+        What the file is ("selection CSV", "manifest CSV"), for the error messages.
+    numeric : tuple of str
+        Columns converted with :func:`pandas.to_numeric` (those present in the file).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per line after the header.
+
+    Raises
+    ------
+    SerlibError
+        Naming the file: missing, empty (0 bytes or no header), not UTF-8, not parseable, or
+        a non-number in a numeric column.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise SerlibError(f"{path}: {what} does not exist")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[])
+    except pd.errors.EmptyDataError:
+        raise SerlibError(f"{path}: the {what} is empty (no header line)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise SerlibError(f"{path}: not a readable {what}: {error}") from None
+    for column in numeric:
+        if column not in frame:
+            continue
+        text = frame[column].str.strip()
+        values = pd.to_numeric(text.where(text != ""), errors="coerce")
+        bad = values.isna() & (text != "")
+        if bad.any():
+            line = int(bad.to_numpy().nonzero()[0][0]) + 2  # line 1 is the header
+            raise SerlibError(
+                f"{path}, line {line}: {column}={frame[column].iloc[line - 2]!r} is not a number"
+            )
+        frame[column] = values
+    return frame

@@ -19,6 +19,7 @@ from serlib.features import FeatureConfig, FeatureStore, extract_corpus, extract
 
 extract_module = importlib.import_module("serlib.features.extract")
 store_module = importlib.import_module("serlib.features.store")
+corpus_module = importlib.import_module("serlib.features.corpus")
 CONFIG = FeatureConfig.preset("mfcc", max_seconds=1.0)  # small and quick
 
 
@@ -105,12 +106,15 @@ def test_touched_file_recomputes_only_that_file(selection, tmp_path, monkeypatch
     assert counter.calls == [path]
     assert (second.n_computed, second.n_reused) == (1, 5)
     np.testing.assert_array_equal(second.features, first.features)
-    # a rewritten file gets new features; one array file remains after the update
+    # a rewritten file gets new features
     write_clip(path, 0.8, seed=99)
     third = run(selection, tmp_path / "cache")
     assert not np.array_equal(third.features[2], first.features[2])
     np.testing.assert_array_equal(third.features[[0, 1, 3, 4, 5]], first.features[[0, 1, 3, 4, 5]])
-    assert len(list(third.store_path.glob("features-*.npy"))) == 1
+    # updates append a shard; every shard on disk is one the index names
+    names = sorted(p.name for p in third.store_path.glob("features-*.npy"))
+    index = FeatureStore(tmp_path / "cache", CONFIG, dtype="float32").read_index()
+    assert names == sorted(index.shards)
 
 
 def test_float16_store(selection, tmp_path):
@@ -133,17 +137,16 @@ def test_parallel_equals_serial(selection, tmp_path):
 
 def test_parallel_scratch_is_in_memory_only_when_there_is_room(selection, tmp_path,
                                                                  monkeypatch):
-    extract_module = importlib.import_module("serlib.features.extract")
-    assert extract_module._scratch_parent(10**18) is None    # no room: the default temp folder
+    assert corpus_module._scratch_parent(10**18) is None    # no room: the default temp folder
     shm_usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-    assert extract_module._scratch_parent(1) == ("/dev/shm" if shm_usable else None)
+    assert corpus_module._scratch_parent(1) == ("/dev/shm" if shm_usable else None)
     # either place gives the same features, and the scratch folder is gone afterwards
     config = FeatureConfig.preset("mfcc")
     in_memory = extract_corpus(selection, config=config, cache_dir=None, n_jobs=2,
                                progress=False)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    monkeypatch.setattr(extract_module, "_scratch_parent", lambda n_bytes: str(scratch))
+    monkeypatch.setattr(corpus_module, "_scratch_parent", lambda n_bytes: str(scratch))
     on_disk = extract_corpus(selection, config=config, cache_dir=None, n_jobs=2,
                              progress=False)
     np.testing.assert_array_equal(in_memory.features, on_disk.features)
@@ -173,13 +176,16 @@ def test_crash_between_array_and_index(selection, tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "atomic_write_json", crash)
     with pytest.raises(RuntimeError):
         run(selection, tmp_path / "cache")
-    # the previous store is intact and complete; the orphan array is not used
+    # the previous store is intact and complete; the orphan shard is not used
     after = store.read_index()
-    assert after is not None and after.array == before.array and len(after.entries) == 3
+    assert after is not None and after.shards == before.shards and len(after.entries) == 3
+    assert len(list(store.root.glob("features-*.npy"))) == 2  # the orphan, left by the crash
     monkeypatch.undo()
     result = run(selection, tmp_path / "cache")
     assert (result.n_computed, result.n_reused) == (3, 3)
-    assert len(list(result.store_path.glob("features-*.npy"))) == 1
+    # the next writer removed the orphan; every shard on disk is one the index names
+    shards = sorted(p.name for p in result.store_path.glob("features-*.npy"))
+    assert shards == sorted(store.read_index().shards) and len(shards) == 2
 
 
 def test_sigkill_midway_leaves_no_store(selection, tmp_path):
@@ -207,14 +213,18 @@ def test_sigkill_midway_leaves_no_store(selection, tmp_path):
     assert run(selection, tmp_path / "cache").n_computed == 6
 
 
-def test_bad_file_fails_before_writing(selection, tmp_path):
+def test_bad_file_fails_after_storing_the_good_ones(selection, tmp_path, monkeypatch):
     bad = tmp_path / "wav" / "bad.wav"
     bad.write_bytes(b"garbage" * 20)
     table = pd.concat([selection, pd.DataFrame([{"utterance_id": "bad", "path": str(bad)}])])
     with pytest.raises(SerlibError, match="bad audio") as info:
         run(table, tmp_path / "cache")
-    assert str(bad) in str(info.value)
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.npy"))
+    assert str(bad) in str(info.value) and "other clips are stored" in str(info.value)
+    counter = Counter()
+    monkeypatch.setattr(extract_module, "extract_file", counter)
+    result = run(table, tmp_path / "cache", skip_errors=True)
+    assert (result.n_computed, result.n_reused) == (0, 6)
+    assert counter.calls == [str(bad)]  # only the bad file is tried again
 
 
 def test_skip_errors_lists_bad_files(selection, tmp_path):

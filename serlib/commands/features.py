@@ -11,8 +11,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="compute the paper's features of a selection (cached)",
         description=(
             "Compute the log-mel spectrogram or MFCC of every clip of a selection CSV, in "
-            "parallel, into a store under OUT/<config fingerprint>/. Clips already stored with "
-            "the same config and an unchanged file are reused."
+            "parallel, into a store under OUT/<config fingerprint>/, at the clip length the "
+            "selection was made with (serlib select --max-seconds). Clips already stored with "
+            "the same config and an unchanged file are reused; finished clips are stored as "
+            "the run goes, so an interrupted run resumes."
         ),
     )
     parser.add_argument("--selection", required=True, help="selection CSV (utterance_id, path)")
@@ -25,6 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", choices=("librosa", "torch"), default="librosa")
     parser.add_argument("--device", default=None, help="torch device for --backend torch")
+    parser.add_argument("--commit-every", type=int, default=256, metavar="N",
+                        help="store the finished clips every N clips (default 256; a kill "
+                        "loses at most N)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -32,10 +37,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from serlib.corpora import read_selection
-    from serlib.features import FeatureConfig, extract_corpus
+    from serlib.features import extract_corpus, feature_config_for
 
     selection = read_selection(args.selection)
-    config = FeatureConfig.preset(args.kind)
+    config = feature_config_for(selection, args.kind)
     result = extract_corpus(
         selection,
         config=config,
@@ -46,9 +51,11 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
         device=args.device,
+        commit_every=args.commit_every,
     )
     print(
         f"{args.kind}: {len(result)} clips of shape {config.shape} "
+        f"({config.max_seconds:g} s) "
         f"(computed {result.n_computed}, reused {result.n_reused}, "
         f"skipped {len(result.skipped)})"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
+from serlib._io import read_text_csv
 from serlib.corpora.iemocap import COLUMNS, as_corpus_table
 from serlib.errors import SerlibError
 
@@ -32,12 +33,8 @@ def load_manifest(csv_path: str | os.PathLike) -> pd.DataFrame:
         ``duration_s`` comes from the wav header, and ``corpus`` is ``"manifest:<folder>"``.
     """
     csv_path = Path(csv_path).expanduser()
-    if not csv_path.is_file():
-        raise SerlibError(f"{csv_path}: manifest CSV does not exist")
-    try:
-        manifest = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise SerlibError(f"{csv_path}: not a readable CSV: {error}") from error
+    # every cell a string: a file null.wav or a speaker NA is not a missing value
+    manifest = read_text_csv(csv_path, what="manifest CSV")
     absent = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if absent:
         raise SerlibError(

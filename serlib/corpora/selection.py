@@ -1,4 +1,11 @@
-"""The paper's utterance selection, and the selection table on disk."""
+"""The paper's utterance selection, and the selection table on disk.
+
+The selection table records the clip length it was made with in a column ``max_seconds`` (the
+same value on every row): the features of a selection are computed at that length
+(:func:`serlib.features.feature_config_for`), so that ``serlib select --max-seconds 2`` is
+followed by 2-s features, never by a 6-s store. A table without the column (written by an
+older serlib) means the paper's 6 s.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serlib._io import atomic_path
+from serlib._io import atomic_path, read_text_csv
 from serlib.corpora.iemocap import COLUMNS, as_corpus_table
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
@@ -126,14 +133,45 @@ def select_utterances(
         utterances: neutral 1,099, happiness 284, sadness 608, anger 289.
     """
     classes = _check_options(classes, min_agree=min_agree, max_seconds=max_seconds)
-    *_, (_, selected) = _filters(table, classes=classes, improvised_only=improvised_only,
-                                 merge_excited=merge_excited, min_agree=min_agree)
-    selected = selected.copy()
+    steps = list(_filters(table, classes=classes, improvised_only=improvised_only,
+                          merge_excited=merge_excited, min_agree=min_agree))
+    selected = steps[-1][1].copy()
+    if selected.empty and len(table):
+        raise SerlibError(_why_empty(table, steps, classes))
     selected["longer_than_max"] = selected["duration_s"] > max_seconds
+    selected["max_seconds"] = float(max_seconds)
     return selected.reset_index(drop=True)
 
 
-SELECTION_COLUMNS = (*COLUMNS, "longer_than_max")
+def _why_empty(table: pd.DataFrame, steps: list, classes: tuple[str, ...]) -> str:
+    """Why no utterance is left: the step that removed the last ones, and what it saw."""
+    corpus = str(table["corpus"].iloc[0]) if "corpus" in table else "the corpus"
+    (_, before), (step, _) = next(
+        (steps[i - 1], steps[i]) for i in range(1, len(steps)) if steps[i][1].empty
+    )
+    seen = before["label"].value_counts()
+    labels = ", ".join(f"{label} {count}" for label, count in seen.items())
+    message = (f"the selection of {corpus} is empty: none of its {len(before)} utterances "
+               f"passes the step {step!r}")
+    if step.endswith("classes"):
+        message += f"; labels seen: {labels}; allowed: {', '.join(classes)}"
+        if "exc" in seen and "happiness" in classes:
+            message += " (--merge-excited counts 'exc' as happiness)"
+    elif step.startswith("improvised"):
+        message += " (all are scripted; --scripted keeps them)"
+    else:
+        message += f" (labels seen: {labels}; lower --min-agree to keep more)"
+    return message
+
+
+#: Columns of a selection table: the corpus table's, ``longer_than_max`` and ``max_seconds``.
+SELECTION_COLUMNS = (*COLUMNS, "longer_than_max", "max_seconds")
+#: Columns read as numbers (an empty cell is missing); every other column stays a string.
+_NUMERIC = ("session", "n_agree", "duration_s", "start_s", "end_s", "max_seconds")
+_BOOLEAN = ("improvised", "longer_than_max")
+#: Text columns where an empty cell means "not known" (None), not the empty string.
+_OPTIONAL_TEXT = ("gender", "dialog")
+_TRUTH = {"true": True, "1": True, "false": False, "0": False}
 
 
 def write_selection(selection: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -152,10 +190,14 @@ def read_selection(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path).expanduser()
     if not path.is_file():
         raise SerlibError(f"{path}: selection CSV does not exist (write one with serlib select)")
-    try:
-        frame = pd.read_csv(path, dtype={"utterance_id": str, "speaker": str, "path": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise SerlibError(f"{path}: not a readable selection CSV: {error}") from error
+    # every cell a string (a file null.wav, a speaker NA stay what they are), numbers converted
+    frame = read_text_csv(path, what="selection CSV", numeric=_NUMERIC)
+    for column in _BOOLEAN:
+        if column in frame:
+            frame[column] = _as_bool(frame[column], path=path, column=column)
+    for column in _OPTIONAL_TEXT:
+        if column in frame:
+            frame[column] = frame[column].where(frame[column] != "", None)
     required = ("utterance_id", "path", "speaker", "label")
     absent = [c for c in required if c not in frame.columns]
     if absent:
@@ -166,7 +208,42 @@ def read_selection(path: str | os.PathLike) -> pd.DataFrame:
     extra = [c for c in frame.columns if c not in SELECTION_COLUMNS]
     table = as_corpus_table(frame)
     if "longer_than_max" in frame:
-        table["longer_than_max"] = frame["longer_than_max"].astype(bool).to_numpy()
+        table["longer_than_max"] = frame["longer_than_max"].to_numpy()
+    if "max_seconds" in frame:
+        table["max_seconds"] = frame["max_seconds"].astype(float).to_numpy()
     for column in extra:
         table[column] = frame[column].to_numpy()
     return table
+
+
+def _as_bool(values: pd.Series, *, path: Path, column: str) -> pd.Series:
+    truth = values.str.strip().str.lower().map(_TRUTH)
+    if truth.isna().any():
+        line = int(truth.isna().to_numpy().nonzero()[0][0]) + 2
+        raise SerlibError(f"{path}, line {line}: {column}={values.iloc[line - 2]!r} is not "
+                          "True or False")
+    return truth.astype(bool)
+
+
+def selection_max_seconds(selection: pd.DataFrame | str | os.PathLike) -> float:
+    """The clip length (s) a selection was made with: its ``max_seconds`` column.
+
+    A table without the column (written before serlib recorded it) gives the paper's 6 s.
+
+    Raises
+    ------
+    SerlibError
+        When the rows disagree (a table concatenated from selections of other lengths) or the
+        value is not a positive number.
+    """
+    if isinstance(selection, (str, os.PathLike)):
+        selection = read_selection(selection)
+    if "max_seconds" not in selection:
+        return 6.0
+    values = pd.unique(pd.to_numeric(selection["max_seconds"], errors="coerce"))
+    if len(values) != 1 or not values[0] > 0:
+        raise SerlibError(
+            f"selection column max_seconds has the values {sorted(map(str, values))}; "
+            "expected one positive number of seconds (one selection, one clip length)"
+        )
+    return float(values[0])

@@ -4,6 +4,8 @@ Public API
 ----------
 FeatureConfig
     Every signal parameter, explicit; ``FeatureConfig.preset("spectrogram" | "mfcc")``.
+feature_config_for(selection, kind)
+    The config of a selection: the preset at the clip length the selection was made with.
 extract(y, *, sr, config)
     One waveform -> (n_features, n_frames) float32.
 extract_file(path, *, config)
@@ -13,23 +15,25 @@ extract_corpus(selection, *, config, cache_dir, ...)
 load_audio, prepare_waveform
     Decoding/validation, and the resample/cut/pad step on its own.
 
-The torch implementation lives in :mod:`serlib.features.torch_features` (imported on demand so
-that importing serlib.features does not import torch).
+Importing this package is light (numpy and soundfile): librosa, scipy and soxr are imported by
+the per-clip functions of :mod:`serlib.features.extract` on first use, so that a run whose
+features are all cached never loads them. The torch implementation lives in
+:mod:`serlib.features.torch_features` (imported on demand).
 """
 
 from __future__ import annotations
 
-from serlib.features.audio import load_audio
-from serlib.features.config import FORMAT_VERSION, KINDS, FeatureConfig
+from serlib.features.audio import SilentAudioWarning, load_audio
+from serlib.features.config import FORMAT_VERSION, KINDS, FeatureConfig, feature_config_for
+from serlib.features.corpus import extract_corpus
 from serlib.features.extract import (
     extract,
-    extract_corpus,
     extract_file,
     features_from_prepared,
     mel_filterbank,
     prepare_waveform,
 )
-from serlib.features.store import FeatureSet, FeatureStore
+from serlib.features.store import FeatureSet, FeatureStore, StoreWarning
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,9 +41,12 @@ __all__ = [
     "FeatureConfig",
     "FeatureSet",
     "FeatureStore",
+    "SilentAudioWarning",
+    "StoreWarning",
     "extract",
     "extract_corpus",
     "extract_file",
+    "feature_config_for",
     "features_from_prepared",
     "load_audio",
     "mel_filterbank",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ RESAMPLE_MARGIN_SECONDS = 0.05
 _DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Declared sizes that streaming writers use for "unknown length"; not truncation.
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
+class SilentAudioWarning(UserWarning):
+    """An audio file whose decoded samples are all zero (its features are the dB floor)."""
 
 
 def load_audio(
@@ -46,6 +51,11 @@ def load_audio(
     ------
     SerlibError
         Naming the file: missing, unreadable, truncated, empty, or with NaN/inf samples.
+
+    Warns
+    -----
+    SilentAudioWarning
+        Naming the file, when every decoded sample is zero.
     """
     name = str(path)
     try:
@@ -64,6 +74,10 @@ def load_audio(
         raise SerlibError(f"{name}: unreadable audio file ({error})") from error
     y = np.ascontiguousarray(data.T)  # (channels, n)
     check_samples(y, name=name)
+    if not y.any():
+        what = f"first {max_seconds:g} s are" if max_seconds is not None else "file is"
+        warnings.warn(f"{name}: silent audio (every sample of the {what} zero); its features "
+                      "are the dB floor", SilentAudioWarning, stacklevel=2)
     return y, sr
 
 

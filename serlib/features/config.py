@@ -296,3 +296,29 @@ def _validate(cfg: FeatureConfig) -> None:
         raise _bad("max_seconds", max_seconds, f"gives no frame (n_fft={n_fft}, center=False)")
     if cfg.pad_mode == "reflect" and cfg.center and cfg.n_samples <= n_fft // 2:
         raise _bad("pad_mode", cfg.pad_mode, "reflect padding needs clips longer than n_fft // 2")
+
+
+def feature_config_for(selection: Any, kind: str, **overrides: Any) -> FeatureConfig:
+    """The feature config of ``kind`` for a selection: the paper's preset at the selection's
+    clip length.
+
+    Parameters
+    ----------
+    selection : pandas.DataFrame or path-like
+        A selection table or its CSV (``serlib select``). Its ``max_seconds`` column (written
+        by :func:`serlib.corpora.select_utterances`) sets ``FeatureConfig.max_seconds``; a
+        table without it (an older serlib) gets the paper's 6 s.
+    kind : {"spectrogram", "mfcc"}
+    **overrides
+        Other FeatureConfig fields (``max_seconds`` here overrides the selection's).
+
+    Returns
+    -------
+    FeatureConfig
+        ``FeatureConfig.preset(kind, max_seconds=<the selection's>, **overrides)``; its
+        fingerprint, hence its store, differs for every clip length.
+    """
+    from serlib.corpora.selection import selection_max_seconds
+
+    overrides.setdefault("max_seconds", selection_max_seconds(selection))
+    return FeatureConfig.preset(kind, **overrides)
