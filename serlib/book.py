@@ -4,7 +4,9 @@
 
 1. loads a profile (``book/profiles/<name>.yaml`` or a path): the corpus, the selection
    options and the training grid;
-2. generates the built-in corpus under ``<out>/data`` unless a data root is given;
+2. generates the built-in corpus under ``<out>/data`` unless a data root is given, makes the
+   selection and trains every run of the profile with :func:`serlib.grid.run_grid` (in
+   parallel: local process pool or Ray), so that the training pages only read finished runs;
 3. stages the book sources under ``<out>/staging`` (``_toc.yml`` gets one training page per
    configuration of the grid);
 4. executes every chapter with papermill (the training chapter once per configuration), in
@@ -12,7 +14,8 @@
 5. renders HTML with Jupyter Book 1.x, execution off, warnings as errors, into ``<out>/html``.
 
 Chapters hand results to each other only through files: ``<out>/selection.csv``,
-``<out>/cache`` (feature store) and ``<out>/runs/<feature>_<loss>/``.
+``<out>/cache`` (feature store) and ``<out>/runs/<run>/`` (``<feature>_<loss>`` for the paper's
+four configurations).
 """
 
 from __future__ import annotations
@@ -38,22 +41,84 @@ PAPER_GRID = (("spectrogram", "softmax"), ("spectrogram", "focal"), ("mfcc", "so
               ("mfcc", "focal"))
 
 
+def _profile_schema() -> dict:
+    """JSON schema of a profile YAML: every key and its type (validated before anything runs)."""
+    import dataclasses
+
+    from serlib.config import TrainConfig
+
+    number = {"type": "number"}
+    types = {"feature": {"type": "string"}, "loss": {"type": "string"}, "gamma": number,
+             "alpha": {"type": ["array", "null"], "items": number},
+             "protocol": {"type": "string"}, "optimizer": {"type": "string"},
+             "schedule": {"type": "string"}, "device": {"type": "string"},
+             "feature_dtype": {"type": "string"}, "amp": {"type": "boolean"},
+             "lr": number, "weight_decay": number, "val_fraction": number}
+    fields = {f.name: types.get(f.name, {"type": "integer"})
+              for f in dataclasses.fields(TrainConfig)}
+    training = {"type": "object", "properties": fields, "additionalProperties": False}
+    entry = {"type": "object", "required": ["feature", "loss"],
+             "properties": {**fields, "name": {"type": "string"}},
+             "additionalProperties": False}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "requires_data_root": {"type": "boolean"},
+            "corpus": {"type": "object", "additionalProperties": False,
+                       "properties": {"size": {"type": "string"}, "seed": {"type": "integer"}}},
+            "selection": {"type": "object", "additionalProperties": False, "properties": {
+                "merge_excited": {"type": "boolean"}, "min_agree": {"type": "integer"},
+                "max_seconds": number, "improvised_only": {"type": "boolean"}}},
+            "grid": {"type": "array", "items": entry, "minItems": 1},
+            "training": training,
+            "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+            "engine": {"type": "object", "additionalProperties": False, "properties": {
+                "name": {"enum": ["local", "ray"]},
+                "jobs": {"type": ["integer", "null"], "minimum": 1},
+                "jobs_per_gpu": {"type": ["integer", "null"], "minimum": 1},
+                "address": {"type": ["string", "null"]}}},
+        },
+    }
+
+
+def _schema_errors(data, where) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_profile_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        shown = []
+        for error in errors[:5]:
+            key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            shown.append(f"{key}: {error.message}")
+        raise SerlibError(f"{where}: invalid profile: {'; '.join(shown)}")
+
+
 @dataclass(frozen=True)
 class Profile:
-    """How a build runs: which corpus, how the chapters are parameterised."""
+    """How a build runs: which corpus, how the chapters are parameterised, which runs."""
 
     name: str
     description: str = ""
     corpus_size: str = "small"           # generated corpus size when no data root is given
     corpus_seed: int = 0
     selection: dict = field(default_factory=dict)   # select_utterances keyword arguments
-    grid: tuple[tuple[str, str], ...] = PAPER_GRID  # (feature, loss) pairs to train
+    # grid entries: TrainConfig overrides ({feature, loss, ...}) plus an optional name
+    grid: tuple[dict, ...] = tuple({"feature": f, "loss": loss} for f, loss in PAPER_GRID)
     training: dict = field(default_factory=dict)    # TrainConfig fields shared by the grid
+    seeds: tuple[int, ...] | None = None            # one run per (entry, seed); None: training's
+    engine: dict = field(default_factory=dict)      # name, jobs, jobs_per_gpu, address
     requires_data_root: bool = False
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> Profile:
-        """A profile by name (``smoke``, ``paper``, ``tiny``) or from a YAML file."""
+        """A profile by name (``smoke``, ``paper``, ``tiny``) or from a YAML file.
+
+        The YAML is validated against a schema (keys and types) first; errors name the key.
+        """
         path = Path(name_or_path)
         if not path.suffix:
             path = PROFILES_DIR / f"{name_or_path}.yaml"
@@ -61,16 +126,13 @@ class Profile:
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
             raise SerlibError(f"{path}: no such profile (known: {known})")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as error:
             raise SerlibError(f"{path}: not valid YAML: {error}") from error
-        allowed = {"name", "description", "corpus", "selection", "grid", "training",
-                   "requires_data_root"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise SerlibError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        data = {} if data is None else data
+        _schema_errors(data, path)
         corpus = data.get("corpus", {}) or {}
-        grid = tuple((g["feature"], g["loss"]) for g in data.get("grid", [])) or PAPER_GRID
+        grid = tuple(dict(g) for g in data.get("grid", [])) or cls.grid
         profile = cls(
             name=str(data.get("name", path.stem)),
             description=str(data.get("description", "")).strip(),
@@ -79,34 +141,78 @@ class Profile:
             selection=dict(data.get("selection", {}) or {}),
             grid=grid,
             training=dict(data.get("training", {}) or {}),
-            requires_data_root=bool(data.get("requires_data_root", False)),
+            seeds=tuple(data["seeds"]) if data.get("seeds") else None,
+            engine=dict(data.get("engine", {}) or {}),
+            requires_data_root=data.get("requires_data_root", False),
         )
         profile.validate(path)
         return profile
 
+    def runs(self) -> list[tuple[str, object]]:
+        """(run name, TrainConfig) for every grid entry and seed, in order.
+
+        The paper's four configurations under the shared settings and seed 0 keep the folder
+        names ``<feature>_<loss>``; others get :func:`serlib.grid.run_name` slugs.
+        """
+        from serlib.config import TrainConfig
+        from serlib.grid import run_name
+
+        seeds = self.seeds or (int(self.training.get("seed", 0)),)
+        out = []
+        for entry in self.grid:
+            overrides = {k: v for k, v in entry.items() if k != "name"}
+            for seed in seeds:
+                fields = {**self.training, **overrides, "seed": seed}
+                if fields.get("alpha") is not None:
+                    fields["alpha"] = tuple(float(a) for a in fields["alpha"])
+                config = TrainConfig(**fields)
+                if "name" in entry:
+                    name = entry["name"] + (f"_seed{seed}" if seed else "")
+                else:
+                    extra = {k: v for k, v in overrides.items()
+                             if k in ("feature", "loss") or self.training.get(k) != v}
+                    name = run_name(extra, seed=seed)
+                out.append((name, config))
+        return out
+
     def validate(self, where: Path | str = "profile") -> None:
         from serlib.corpora.synthetic import SIZES
-        from serlib.training import TrainConfig
 
         if self.corpus_size not in SIZES:
             raise SerlibError(f"{where}: corpus.size={self.corpus_size!r} must be one of "
                               f"{', '.join(SIZES)}")
-        for feature, loss in self.grid:
-            # building each TrainConfig validates every field, with the field named
-            try:
-                TrainConfig(**{**self.training, "feature": feature, "loss": loss})
-            except TypeError as error:
-                raise SerlibError(f"{where}: training: {error}") from None
-            except SerlibError as error:
-                raise SerlibError(f"{where}: {error}") from None
-        allowed = {"merge_excited", "min_agree", "max_seconds", "improvised_only"}
-        unknown = set(self.selection) - allowed
-        if unknown:
-            raise SerlibError(f"{where}: selection: unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            runs = self.runs()   # building each TrainConfig validates every field, named
+        except TypeError as error:
+            raise SerlibError(f"{where}: training: {error}") from None
+        except SerlibError as error:
+            raise SerlibError(f"{where}: {error}") from None
+        names = [name for name, _ in runs]
+        if len(set(names)) != len(names):
+            raise SerlibError(f"{where}: grid: two entries give the same run name "
+                              f"({', '.join(sorted({n for n in names if names.count(n) > 1}))}); "
+                              "give one a name")
 
 
-def training_page(feature: str, loss: str) -> str:
-    return f"05_training_{feature}_{loss}"
+def training_page(run: str) -> str:
+    """The executed training page of run ``run`` (``05_training_mfcc_focal``)."""
+    return f"05_training_{run}"
+
+
+#: TrainConfig fields that the training chapter takes as papermill parameters by name; any
+#: other field of a run reaches it in its ``overrides`` parameter.
+CHAPTER_FIELDS = ("feature", "loss", "gamma", "protocol", "folds", "epochs", "width",
+                  "batch_size", "lr", "weight_decay", "patience", "seed", "device", "amp")
+
+
+def training_parameters(config) -> dict:
+    """Papermill parameters of the training chapter for one run's TrainConfig."""
+    from serlib.config import TrainConfig
+
+    data, defaults = config.to_dict(), TrainConfig().to_dict()
+    named = {k: data[k] for k in CHAPTER_FIELDS}
+    overrides = {k: v for k, v in data.items() if k not in CHAPTER_FIELDS and v != defaults[k]}
+    return {**named, "overrides": overrides}
 
 
 def stage_sources(staging: Path, profile: Profile, *, build_info: str) -> None:
@@ -121,7 +227,8 @@ def stage_sources(staging: Path, profile: Profile, *, build_info: str) -> None:
         chapters = []
         for chapter in part["chapters"]:
             if chapter["file"] == "book/05_training_overview":
-                sections = [{"file": f"book/{training_page(f, loss)}"} for f, loss in profile.grid]
+                sections = [{"file": f"book/{training_page(name)}"}
+                            for name, _ in profile.runs()]
                 chapters.append({"file": chapter["file"], "sections": sections})
             else:
                 chapters.append(chapter)
@@ -191,21 +298,83 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
         ("04_model_and_focal_loss", "04_model_and_focal_loss", {}),
     ]
-    for feature, loss in profile.grid:
-        plan.append(("05_training", training_page(feature, loss), {
+    for name, config in profile.runs():
+        plan.append(("05_training", training_page(name), {
             "selection_path": paths["selection"],
             "cache_dir": paths["cache"],
-            "run_dir": str(Path(paths["runs"]) / f"{feature}_{loss}"),
-            "feature": feature, "loss": loss, **profile.training}))
+            "run_dir": str(Path(paths["runs"]) / name),
+            **training_parameters(config)}))
     plan.append(("06_results", "06_results", {"runs_dir": paths["runs"],
                                               "profile": profile.name}))
     return plan
 
 
+def book_paths(out: Path, *, data_root, manifest) -> dict:
+    """Where a build's files go (every chapter and the grid use the same ones)."""
+    return {
+        "data_root": "" if data_root is None else str(Path(data_root).resolve()),
+        "manifest": "" if manifest is None else str(Path(manifest).resolve()),
+        "selection": str(out / "selection.csv"),
+        "cache": str(out / "cache"),
+        "runs": str(out / "runs"),
+    }
+
+
+def corpus_for(profile: Profile, out: Path, *, data_root=None, manifest=None,
+               quiet: bool = False):
+    """``data_root``, or the built-in corpus generated under ``out/data`` when neither a data
+    root nor a manifest is given."""
+    if data_root is not None or manifest is not None:
+        return data_root
+    if profile.requires_data_root:
+        raise SerlibError(f"profile {profile.name!r} needs --data-root (a real IEMOCAP "
+                          "copy); the smoke profile runs on the built-in corpus")
+    from serlib.corpora.synthetic import generate_corpus
+
+    if not quiet:
+        print(f"[corpus] generating the built-in corpus ({profile.corpus_size}) under "
+              f"{out}/data", flush=True)
+    return generate_corpus(out / "data", seed=profile.corpus_seed, size=profile.corpus_size,
+                           progress=not quiet)
+
+
+def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_build",
+                     data_root: str | os.PathLike | None = None,
+                     manifest: str | os.PathLike | None = None, engine: str | None = None,
+                     jobs: int | None = None, jobs_per_gpu: int | None = None,
+                     address: str | None = None, quiet: bool = False):
+    """Select (as the data chapter does), then train the profile's grid into ``out/runs``.
+
+    Engine settings come from the profile's ``engine:`` block, each overridable here.
+    Returns the :class:`serlib.grid.GridResult`.
+    """
+    from serlib.corpora import load_iemocap, load_manifest, select_utterances, write_selection
+    from serlib.grid import run_grid
+
+    if not isinstance(profile, Profile):
+        profile = Profile.load(profile)
+    out = Path(out_dir).resolve()
+    data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
+    paths = book_paths(out, data_root=data_root, manifest=manifest)
+    table = load_iemocap(paths["data_root"]) if paths["data_root"] \
+        else load_manifest(paths["manifest"])
+    selection = select_utterances(table, **profile.selection)
+    write_selection(selection, paths["selection"])
+    settings = profile.engine
+    return run_grid(profile.runs(), selection=paths["selection"], cache_dir=paths["cache"],
+                    runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
+                    jobs=jobs if jobs is not None else settings.get("jobs"),
+                    jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
+                    else settings.get("jobs_per_gpu"),
+                    address=address if address is not None else settings.get("address"),
+                    progress=not quiet)
+
+
 def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike = "_build",
                data_root: str | os.PathLike | None = None,
                manifest: str | os.PathLike | None = None,
-               quiet: bool = False) -> Path:
+               quiet: bool = False, engine: str | None = None, jobs: int | None = None,
+               jobs_per_gpu: int | None = None, address: str | None = None) -> Path:
     """Execute every chapter and render the book; returns ``<out_dir>/html``.
 
     Parameters
@@ -221,6 +390,9 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         A manifest CSV instead of an IEMOCAP tree.
     quiet : bool
         No progress lines.
+    engine, jobs, jobs_per_gpu, address
+        How the grid trains (default: the profile's ``engine:`` settings); see
+        :func:`run_profile_grid`. The training pages then only read the finished runs.
     """
     from serlib.provenance import commit_hash
 
@@ -233,22 +405,18 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         if not quiet:
             print(message, flush=True)
 
-    if data_root is None and manifest is None:
-        if profile.requires_data_root:
-            raise SerlibError(f"profile {profile.name!r} needs --data-root (a real IEMOCAP "
-                              "copy); the smoke profile runs on the built-in corpus")
-        from serlib.corpora.synthetic import generate_corpus
-
-        say(f"[corpus] generating the built-in corpus ({profile.corpus_size}) under {out}/data")
-        data_root = generate_corpus(out / "data", seed=profile.corpus_seed,
-                                    size=profile.corpus_size, progress=not quiet)
-    paths = {
-        "data_root": "" if data_root is None else str(Path(data_root).resolve()),
-        "manifest": "" if manifest is None else str(Path(manifest).resolve()),
-        "selection": str(out / "selection.csv"),
-        "cache": str(out / "cache"),
-        "runs": str(out / "runs"),
-    }
+    data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
+    paths = book_paths(out, data_root=data_root, manifest=manifest)
+    # the grid first (in parallel); the training pages then find finished runs
+    started = time.perf_counter()
+    say("[grid] training every run of the profile ...")
+    grid = run_profile_grid(profile, out_dir=out, data_root=data_root, manifest=manifest,
+                            engine=engine, jobs=jobs, jobs_per_gpu=jobs_per_gpu,
+                            address=address, quiet=quiet)
+    if not grid.ok:
+        raise SerlibError(f"the grid failed for {grid.describe_failures()} (tracebacks above); "
+                          "rerun to retry only those folds")
+    say(f"[grid] done in {time.perf_counter() - started:.0f} s")
     staging = out / "staging"
     # paths on the page are relative to the build folder: no machine's absolute paths
     corpus = os.path.relpath(paths["data_root"] or paths["manifest"], out)

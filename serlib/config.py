@@ -7,6 +7,7 @@ command line can build its parser, with these defaults, before any of them is lo
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from serlib.errors import SerlibError
@@ -14,6 +15,11 @@ from serlib.labels import PAPER_CLASSES
 
 #: Cross-validation protocols (serlib.splits.make_folds).
 PROTOCOLS = ("stratified", "session")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -54,17 +60,20 @@ class TrainConfig:
             "protocol": self.protocol in PROTOCOLS,
             "optimizer": self.optimizer in ("adam", "sgd"),
             "schedule": self.schedule in ("cosine", "constant"),
-            "gamma": self.gamma >= 0,
+            "gamma": _finite(self.gamma) and self.gamma >= 0,
             "folds": isinstance(self.folds, int) and self.folds >= 2,
             "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
             "width": isinstance(self.width, int) and self.width >= 1,
             "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
-            "lr": self.lr > 0,
+            "lr": _finite(self.lr) and self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "val_fraction": 0 < self.val_fraction < 1,
             "patience": isinstance(self.patience, int) and self.patience >= 0,
             "feature_dtype": self.feature_dtype in ("float32", "float16"),
-            "alpha": self.alpha is None or len(self.alpha) == len(PAPER_CLASSES),
+            # per-class weights: positive and finite (all zero would make the loss 0)
+            "alpha": self.alpha is None or (
+                len(self.alpha) == len(PAPER_CLASSES)
+                and all(_finite(a) and a > 0 for a in self.alpha)),
             "amp": isinstance(self.amp, bool),
         }
         for name, ok in checks.items():

@@ -1,15 +1,12 @@
 """Run folders back into the paper's tables and figures.
 
-A run folder is what :func:`serlib.training.run_cross_validation` writes. The book's results
-chapter builds every table from these files; nothing is typed by hand.
+A run folder is what :func:`serlib.training.run_cross_validation` and
+:func:`serlib.grid.run_grid` write; :mod:`serlib.runs` reads and validates it (``load_run`` and
+``load_runs`` below are its). The book's results chapter builds every table from these files;
+nothing is typed by hand.
 """
 
 from __future__ import annotations
-
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,69 +15,7 @@ from serlib import paper
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.metrics import confusion_percent
-
-
-@dataclass
-class Run:
-    """One finished cross-validation run, as read from its folder."""
-
-    path: Path
-    summary: dict
-    config: dict
-    folds: list[dict]
-    predictions: pd.DataFrame
-    history: pd.DataFrame
-
-    @property
-    def feature(self) -> str:
-        return self.summary["feature"]
-
-    @property
-    def loss(self) -> str:
-        return self.summary["loss"]
-
-    @property
-    def name(self) -> str:
-        return f"{self.feature} + {self.loss}"
-
-
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Read a run folder (summary, config, per-fold metrics, predictions, history).
-
-    Raises :class:`SerlibError` naming the folder and the missing file.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise SerlibError(f"{run_dir}: run folder does not exist")
-    needed = ("summary.json", "config.json", "predictions.csv", "history.csv")
-    for name in needed:
-        if not (run_dir / name).is_file():
-            raise SerlibError(f"{run_dir}: not a finished run: {name} is missing "
-                              "(run serlib cv, or rerun it to finish)")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    folds = []
-    for k in range(1, int(summary["n_folds"]) + 1):
-        metrics = run_dir / f"fold_{k}" / "metrics.json"
-        if not metrics.is_file():
-            raise SerlibError(f"{run_dir}: fold_{k}/metrics.json is missing")
-        folds.append(json.loads(metrics.read_text()))
-    return Run(
-        path=run_dir, summary=summary, config=json.loads((run_dir / "config.json").read_text()),
-        folds=folds, predictions=pd.read_csv(run_dir / "predictions.csv"),
-        history=pd.read_csv(run_dir / "history.csv"),
-    )
-
-
-def load_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], Run]:
-    """Every run below ``runs_dir`` (one sub-folder each), keyed by (feature, loss)."""
-    runs_dir = Path(runs_dir)
-    runs = {}
-    for folder in sorted(p for p in runs_dir.iterdir() if (p / "summary.json").is_file()):
-        run = load_run(folder)
-        runs[(run.feature, run.loss)] = run
-    if not runs:
-        raise SerlibError(f"{runs_dir}: no finished run folder (with summary.json) inside")
-    return runs
+from serlib.runs import Run, load_run, load_runs  # noqa: F401  (the run folder's one home)
 
 
 def percent(mean: float, std: float) -> str:
@@ -100,6 +35,11 @@ def provenance(run: Run, *, profile: str | None = None) -> str:
     if profile:
         parts.append(f"profile: {profile}")
     parts += [f"commit: {s['commit']}", f"device: {s['device']}"]
+    versions = run.versions
+    if versions:
+        shown = ("torch", "librosa", "numpy", "scikit-learn", "cuda")
+        parts.append(", ".join([f"python {versions.get('python')}"] + [
+            f"{name} {versions[name]}" for name in shown if versions.get(name)]))
     return "; ".join(parts)
 
 

@@ -1,6 +1,7 @@
 """Cross-validated training of the ResNet-18 under focal or softmax loss, resumable.
 
-One call, :func:`run_cross_validation`, goes from a selection table to a run folder::
+One call, :func:`run_cross_validation`, goes from a selection table to a run folder (its
+format lives in :mod:`serlib.runs`)::
 
     out_dir/config.json        resolved TrainConfig + FeatureConfig + selection + commit
     out_dir/fold_<k>/          checkpoint.pt, metrics.json, predictions.csv, history.csv
@@ -8,9 +9,10 @@ One call, :func:`run_cross_validation`, goes from a selection table to a run fol
     out_dir/history.csv        per-epoch train/validation curves of every fold
     out_dir/summary.json       mean and std over folds of WA and UA, protocol, corpus, device
 
-Each fold is written when it finishes (``metrics.json`` last, atomically), so a rerun of the
-same command skips finished folds and, because every fold is seeded on its own, ends with the
-same numbers as an uninterrupted run.
+Each fold is written when it finishes (all its files at once), so a rerun of the same command
+skips finished folds and, because every fold is seeded on its own, ends with the same numbers
+as an uninterrupted run. The grid (:mod:`serlib.grid`) trains the same folds with the same
+functions (:func:`prepare_run`, :func:`load_features`, :func:`train_folds`, :func:`finish`).
 """
 
 from __future__ import annotations
@@ -18,23 +20,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
+import math
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from serlib._io import atomic_path, atomic_write_json
+from serlib import runs
 from serlib.config import TrainConfig
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
 from serlib.losses import focal_loss
 from serlib.metrics import classification_report_dict
 from serlib.models import ResNet18
-from serlib.provenance import commit_hash
 from serlib.splits import make_folds, validation_split
 
 
@@ -49,6 +51,16 @@ def resolve_device(name: str) -> torch.device:
         raise SerlibError(f"device={name!r}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SerlibError(f"device={name!r} but CUDA is not available here (use cpu or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SerlibError(f"device={name!r} but only {torch.cuda.device_count()} CUDA "
+                          "device(s) are visible")
+    if device.type not in ("cpu", "cuda"):
+        try:   # mps, xpu, ...: usable only if a tensor can be made there
+            torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as error:
+            raise SerlibError(f"device={name!r} is not usable here ({str(error)[:120]}); "
+                              "use cpu, cuda or auto") from None
+        raise SerlibError(f"device={name!r}: serlib trains on cpu or cuda only")
     return device
 
 
@@ -278,6 +290,9 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
         train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
                                      batch_size=config.batch_size, generator=generator,
                                      device=device, amp=config.amp)
+        if not math.isfinite(train_loss):
+            raise SerlibError(_non_finite_message(train_loss, config=config, fold=fold,
+                                                  epoch=epoch))
         if scheduler is not None:
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
@@ -298,6 +313,17 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
         elif config.patience and epoch - best["epoch"] >= config.patience:
             break
     return history, best
+
+
+def _non_finite_message(loss: float, *, config: TrainConfig, fold: int, epoch: int) -> str:
+    causes = [f"learning rate lr={config.lr:g}"]
+    if config.loss == "focal":
+        causes.append(f"gamma={config.gamma:g}")
+        if config.alpha is not None:
+            causes.append(f"alpha={list(config.alpha)}")
+    return (f"fold {fold}, epoch {epoch}: the training loss is {loss} (not finite), so the "
+            f"model learns nothing; the likely cause is {' or '.join(causes)} (try a smaller "
+            "learning rate)")
 
 
 # ----------------------------------------------------------------------------- all folds
@@ -374,6 +400,45 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
 
 
 # ----------------------------------------------------------------------------- run folder
+@dataclass
+class RunSetup:
+    """Everything a run needs, checked before anything is written (:func:`prepare_run`).
+
+    Attributes
+    ----------
+    config : TrainConfig
+    feature_config : serlib.features.FeatureConfig
+    selection : pandas.DataFrame
+        The selection's rows of the paper's classes, renumbered from 0.
+    selection_path : str or None
+        The CSV it was read from, if any.
+    corpus : str
+    labels : np.ndarray of int, shape (N,)
+        Indices into :data:`serlib.labels.PAPER_CLASSES`.
+    groups : np.ndarray of str, shape (N,), or None
+        Speakers under the session protocol (speaker-disjoint validation), else None.
+    folds : list of (train_idx, test_idx)
+    device : torch.device
+    resolved : dict
+        What ``config.json`` records (before the commit and versions are added).
+    """
+
+    config: TrainConfig
+    feature_config: object
+    selection: pd.DataFrame
+    selection_path: str | None
+    corpus: str
+    labels: np.ndarray
+    groups: np.ndarray | None
+    folds: list
+    device: torch.device
+    resolved: dict
+
+    def test_ids(self, fold: int) -> list[str]:
+        """Utterance ids of fold ``fold``'s (1-based) test part."""
+        return self.selection["utterance_id"].iloc[self.folds[fold - 1][1]].astype(str).tolist()
+
+
 def _prepare_selection(selection) -> tuple[pd.DataFrame, str]:
     if isinstance(selection, (str, os.PathLike)):
         from serlib.corpora import read_selection
@@ -385,10 +450,19 @@ def _prepare_selection(selection) -> tuple[pd.DataFrame, str]:
     missing = [c for c in ("utterance_id", "path", "label", "speaker") if c not in selection]
     if missing:
         raise SerlibError(f"selection lacks column(s) {', '.join(missing)}")
-    selection = selection[selection["label"].isin(PAPER_CLASSES)].reset_index(drop=True)
-    if selection.empty:
-        raise SerlibError(f"selection has no utterance of the classes {PAPER_CLASSES}")
-    return selection, path
+    kept = selection[selection["label"].isin(PAPER_CLASSES)].reset_index(drop=True)
+    if kept.empty:
+        found = selection["label"].astype(str).value_counts()
+        found = ", ".join(f"{k} ({v})" for k, v in found.items()) or "none (no rows)"
+        raise SerlibError(f"selection has no utterance of the classes {', '.join(PAPER_CLASSES)}"
+                          f"; its labels are: {found}")
+    counts = kept["label"].value_counts()
+    if len(counts) < 2:
+        raise SerlibError(
+            f"selection has {len(kept)} utterance(s) of one class only "
+            f"({', '.join(f'{k}: {v}' for k, v in counts.items())}); a classifier needs at "
+            f"least two of {', '.join(PAPER_CLASSES)}")
+    return kept, path
 
 
 def selection_fingerprint(selection: pd.DataFrame) -> str:
@@ -400,14 +474,99 @@ def selection_fingerprint(selection: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fold_dir(out_dir: Path, fold: int) -> Path:
-    return out_dir / f"fold_{fold}"
+def _check_training_parts(labels: np.ndarray, folds: list) -> None:
+    """Every class of the selection must have an example in every fold's training part."""
+    present = np.unique(labels)
+    for k, (train_idx, _) in enumerate(folds, start=1):
+        counts = np.bincount(labels[train_idx], minlength=len(PAPER_CLASSES))
+        absent = [PAPER_CLASSES[c] for c in present if counts[c] == 0]
+        if absent:
+            shown = ", ".join(f"{PAPER_CLASSES[c]}: {counts[c]}" for c in present)
+            raise SerlibError(
+                f"fold {k}'s training part has no example of {', '.join(absent)} ({shown}); "
+                "use fewer folds, another protocol, or a selection with more of that class")
 
 
-def _write_fold(out_dir: Path, fold: int, result: dict, selection: pd.DataFrame,
-                test_idx: np.ndarray, labels: np.ndarray, config: TrainConfig) -> dict:
-    """Write one finished fold; ``metrics.json`` goes last and marks the fold as done."""
-    folder = _fold_dir(out_dir, fold)
+def prepare_run(selection, *, config: TrainConfig) -> RunSetup:
+    """Check everything a run needs except the audio (config, device, folds against the data,
+    classes in every training part) and return it; writes nothing.
+
+    Parameters
+    ----------
+    selection : pandas.DataFrame or path
+        As for :func:`run_cross_validation`.
+    config : TrainConfig
+    """
+    from serlib.features import FeatureConfig
+
+    if not isinstance(config, TrainConfig):
+        raise SerlibError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = resolve_device(config.device)
+    selection, selection_path = _prepare_selection(selection)
+    feature_config = FeatureConfig.preset(config.feature)
+    corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"
+    labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
+    # speaker-independent protocol: model selection on held-out speakers too
+    groups = selection["speaker"].astype(str).to_numpy() if config.protocol == "session" \
+        else None
+    try:
+        folds = make_folds(selection, protocol=config.protocol, n_folds=config.folds,
+                           seed=config.seed)
+    except ValueError as error:   # scikit-learn's splitters: too many folds for the data
+        raise SerlibError(f"folds={config.folds} with protocol={config.protocol!r} on "
+                          f"{len(selection)} utterances: {error}") from None
+    _check_training_parts(labels, folds)
+    resolved = {
+        "train": config.to_dict(),
+        "features": feature_config.to_dict(),
+        "selection": {"path": selection_path, "n_utterances": len(selection),
+                      "corpus": corpus, "fingerprint": selection_fingerprint(selection)},
+    }
+    return RunSetup(config=config, feature_config=feature_config, selection=selection,
+                    selection_path=selection_path, corpus=corpus, labels=labels,
+                    groups=groups, folds=folds, device=device, resolved=resolved)
+
+
+def load_features(setup: RunSetup, *, cache_dir: str | os.PathLike | None,
+                  progress: bool = True, n_jobs: int | None = None) -> np.ndarray:
+    """The run's features, shape (N, F, T), computed or read from the store; every audio file
+    must be readable (a bad one is named, and nothing of the run is written)."""
+    from serlib.features import extract_corpus
+
+    device = setup.device
+    store = extract_corpus(
+        setup.selection, config=setup.feature_config, cache_dir=cache_dir, progress=progress,
+        dtype=setup.config.feature_dtype, skip_errors=True, n_jobs=n_jobs,
+        # on CUDA the STFT/mel/dB run batched on the GPU (serlib.features.torch_features)
+        backend="torch" if device.type == "cuda" else "librosa",
+        device=str(device) if device.type == "cuda" else None,
+    )
+    if store.skipped:
+        shown = "; ".join(f"{path}: {reason}" for path, reason in store.skipped[:10])
+        more = f" (and {len(store.skipped) - 10} more)" if len(store.skipped) > 10 else ""
+        raise SerlibError(
+            f"{len(store.skipped)} bad audio file(s) in the selection, so the run was not "
+            f"started: {shown}{more}. Replace them, or leave them out of the selection "
+            "(serlib select, or drop their rows from the CSV), and run again")
+    if len(store) != len(setup.selection):
+        raise SerlibError("feature extraction left out some utterances")
+    return store.features
+
+
+def finished_folds(setup: RunSetup, out_dir: str | os.PathLike) -> dict[int, dict]:
+    """Metrics of the folds of ``out_dir`` that are finished and intact (see
+    :func:`serlib.runs.finished_fold`), by fold number."""
+    done = {}
+    for k in range(1, len(setup.folds) + 1):
+        metrics = runs.finished_fold(out_dir, k, utterance_ids=setup.test_ids(k))
+        if metrics is not None:
+            done[k] = metrics
+    return done
+
+
+def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict:
+    """Write one finished fold (all four files at once); returns its metrics."""
+    test_idx = setup.folds[fold - 1][1]
     probs = result["probabilities"]                      # (n_test, C)
     predicted = probs.argmax(axis=1)
     metrics = {
@@ -416,12 +575,12 @@ def _write_fold(out_dir: Path, fold: int, result: dict, selection: pd.DataFrame,
         "best_epoch": result["best_epoch"],
         "n_train": result["n_fit"], "n_val": result["n_val"], "n_test": len(test_idx),
     }
-    rows = selection.iloc[test_idx]
+    rows = setup.selection.iloc[test_idx]
     predictions = pd.DataFrame({
         "utterance_id": rows["utterance_id"].to_numpy(),
         "fold": fold,
         "speaker": rows["speaker"].to_numpy(),
-        "label": [PAPER_CLASSES[i] for i in labels[test_idx]],
+        "label": [PAPER_CLASSES[i] for i in setup.labels[test_idx]],
         "predicted": [PAPER_CLASSES[i] for i in predicted],
         **{f"p_{name}": probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
     })
@@ -430,68 +589,76 @@ def _write_fold(out_dir: Path, fold: int, result: dict, selection: pd.DataFrame,
         "optimizer": result["optimizer"],
         "mean": torch.from_numpy(result["mean"]),
         "std": torch.from_numpy(result["std"]),
-        "train_config": config.to_dict(),
+        "train_config": setup.config.to_dict(),
         "class_names": list(PAPER_CLASSES),
         "metrics": metrics,
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "checkpoint.pt") as tmp:
-        torch.save(checkpoint, tmp)
-    with atomic_path(folder / "predictions.csv") as tmp:
-        predictions.to_csv(tmp, index=False)
-    with atomic_path(folder / "history.csv") as tmp:
-        pd.DataFrame(result["history"]).to_csv(tmp, index=False)
-    atomic_write_json(folder / "metrics.json", metrics)
+    runs.write_fold(out_dir, fold, checkpoint=checkpoint, metrics=metrics,
+                    predictions=predictions, history=pd.DataFrame(result["history"]))
     return metrics
 
 
-def _finished_fold(out_dir: Path, fold: int) -> dict | None:
-    folder = _fold_dir(out_dir, fold)
-    files = ("checkpoint.pt", "predictions.csv", "history.csv", "metrics.json")
-    if not all((folder / name).is_file() for name in files):
-        return None
-    return json.loads((folder / "metrics.json").read_text())
+def train_folds(setup: RunSetup, features: np.ndarray, out_dir: str | os.PathLike, *,
+                folds: list[int], device: torch.device | None = None,
+                progress: bool = True) -> dict[int, dict]:
+    """Train the folds ``folds`` (1-based) of a prepared run and write each one as it ends;
+    returns their metrics. The caller holds the run folder's lock and has written its
+    ``config.json``."""
+    out_dir = Path(out_dir)
+    written = {}
+
+    def save(fold: int, result: dict) -> None:
+        # each fold is on disk as soon as it ends: an interruption loses at most one fold
+        written[fold] = _write_fold(out_dir, setup, fold, result)
+
+    skip = set(range(1, len(setup.folds) + 1)) - set(folds)
+    cross_validate_arrays(features, setup.labels, config=setup.config, folds=setup.folds,
+                          groups=setup.groups, device=device or setup.device, skip=skip,
+                          on_fold_end=save, progress=progress)
+    return written
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[ResNet18, dict]:
-    """A fold's model with its best weights, and the whole checkpoint (``weights_only``)."""
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    config = TrainConfig.from_dict(checkpoint["train_config"])
-    model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width)
-    model.load_state_dict(checkpoint["model"])
+    """A fold's model with its best weights, and the whole checkpoint (``weights_only``).
+
+    Raises :class:`SerlibError` naming the file when it does not load.
+    """
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        config = TrainConfig.from_dict(checkpoint["train_config"])
+        model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width)
+        model.load_state_dict(checkpoint["model"])
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
+        raise SerlibError(f"{path}: not a loadable serlib checkpoint "
+                          f"({type(error).__name__}: {str(error)[:200]})") from None
     return model.eval(), checkpoint
 
 
 def summarise(fold_metrics: list[dict], *, config: TrainConfig, corpus: str,
               n_utterances: int, device: str) -> dict:
-    """Mean and standard deviation (ddof=1) across folds, plus where the numbers came from."""
-    def stats(key):
-        values = np.array([m[key] for m in fold_metrics])
-        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    """Mean and standard deviation (ddof=1) across folds (:func:`serlib.runs.summarise`)."""
+    return runs.summarise(fold_metrics, config=config, corpus=corpus,
+                          n_utterances=n_utterances, device=device)
 
-    wa_mean, wa_std = stats("wa")
-    ua_mean, ua_std = stats("ua")
-    f1_mean, _ = stats("macro_f1")
-    confusion = np.sum([np.array(m["confusion"]) for m in fold_metrics], axis=0)
-    return {
-        "wa_mean": wa_mean, "wa_std": wa_std, "ua_mean": ua_mean, "ua_std": ua_std,
-        "macro_f1_mean": f1_mean,
-        "folds": fold_metrics,
-        "confusion": confusion.tolist(),
-        "class_names": list(PAPER_CLASSES),
-        "protocol": config.protocol, "n_folds": config.folds,
-        "feature": config.feature, "loss": config.loss,
-        "gamma": config.gamma if config.loss == "focal" else 0.0,
-        "width": config.width, "epochs": config.epochs,
-        "corpus": corpus, "n_utterances": n_utterances,
-        "commit": commit_hash(), "device": device,
-    }
+
+def finish(setup: RunSetup, out_dir: str | os.PathLike, fold_metrics: dict[int, dict]) -> dict:
+    """Whole-run tables and ``summary.json`` of a run whose folds are all finished."""
+    ordered = [fold_metrics[k] for k in range(1, len(setup.folds) + 1)]
+    return runs.finish_run(out_dir, ordered, config=setup.config, corpus=setup.corpus,
+                           n_utterances=len(setup.selection),
+                           device=describe_device(setup.device))
 
 
 def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.PathLike,
                          cache_dir: str | os.PathLike | None = None,
                          progress: bool = True) -> dict:
     """Run (or resume) a whole K-fold cross-validation and return its summary.
+
+    Everything the run needs (config, device, folds against the data, every audio file) is
+    checked before anything is written, and ``config.json`` is written only when training is
+    about to start. The run folder is locked (:func:`serlib.locking.exclusive_lock`) for the
+    whole call; a second process on it is refused with the holder's pid. Finished folds whose
+    files all load are reused; a damaged one is reported (a warning) and trained again.
 
     Parameters
     ----------
@@ -512,78 +679,21 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
     dict
         The content of ``summary.json`` (fractions in 0..1).
     """
-    from serlib.features import FeatureConfig, extract_corpus
+    from serlib.locking import exclusive_lock
 
-    if not isinstance(config, TrainConfig):
-        raise SerlibError(f"config must be a TrainConfig, got {type(config).__name__}")
+    setup = prepare_run(selection, config=config)
     out_dir = Path(out_dir)
-    selection, selection_path = _prepare_selection(selection)
-    feature_config = FeatureConfig.preset(config.feature)
-    corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"
-    resolved = {
-        "train": config.to_dict(),
-        "features": feature_config.to_dict(),
-        "selection": {"path": selection_path, "n_utterances": len(selection),
-                      "corpus": corpus, "fingerprint": selection_fingerprint(selection)},
-    }
-    config_path = out_dir / "config.json"
-    if config_path.exists():
-        # the same run: same training and feature config, same utterances (wherever the
-        # selection CSV lives now)
-        previous = json.loads(config_path.read_text())
-
-        def identity(d):
-            selection = {k: v for k, v in (d.get("selection") or {}).items() if k != "path"}
-            return d.get("train"), d.get("features"), selection
-
-        if identity(previous) != identity(resolved):
-            raise SerlibError(
-                f"{out_dir}: holds a run with a different configuration or selection; "
-                "use another --out (or delete it) to start a new run"
-            )
-    else:
-        atomic_write_json(config_path, {**resolved, "commit": commit_hash()})
-
-    labels_all = selection["label"].map(PAPER_CLASSES.index).to_numpy()
-    # speaker-independent protocol: model selection on held-out speakers too
-    groups = selection["speaker"].astype(str).to_numpy() if config.protocol == "session" \
-        else None
-    folds = make_folds(selection, protocol=config.protocol, n_folds=config.folds,
-                       seed=config.seed)
-    device = resolve_device(config.device)
-    done = {k: _finished_fold(out_dir, k) for k in range(1, len(folds) + 1)}
-
-    fold_metrics = {k: m for k, m in done.items() if m is not None}
-    if len(fold_metrics) < len(folds):
-        store = extract_corpus(
-            selection, config=feature_config, cache_dir=cache_dir, progress=progress,
-            dtype=config.feature_dtype,
-            # on CUDA the STFT/mel/dB run batched on the GPU (serlib.features.torch_features)
-            backend="torch" if device.type == "cuda" else "librosa",
-            device=str(device) if device.type == "cuda" else None,
-        )
-        if len(store) != len(selection):
-            raise SerlibError("feature extraction left out some utterances")
-
-        def save(fold: int, result: dict) -> None:
-            # each fold is on disk as soon as it ends: an interruption loses at most one fold
-            fold_metrics[fold] = _write_fold(out_dir, fold, result, selection,
-                                             folds[fold - 1][1], labels_all, config)
-
-        cross_validate_arrays(store.features, labels_all, config=config, folds=folds,
-                              groups=groups, device=device, skip=set(fold_metrics),
-                              on_fold_end=save, progress=progress)
-    fold_metrics = [fold_metrics[k] for k in range(1, len(folds) + 1)]
-
-    # whole-run tables, rebuilt from the folds (cheap; keeps them consistent after a resume)
-    for name in ("predictions.csv", "history.csv"):
-        frames = [pd.read_csv(_fold_dir(out_dir, k) / name) for k in range(1, len(folds) + 1)]
-        with atomic_path(out_dir / name) as tmp:
-            pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
-    summary = summarise(fold_metrics, config=config, corpus=corpus,
-                        n_utterances=len(selection), device=describe_device(device))
-    atomic_write_json(out_dir / "summary.json", summary)
-    return summary
+    with exclusive_lock(out_dir, what="run folder"):
+        runs.remove_scratch(out_dir)
+        has_config = runs.check_config(out_dir, setup.resolved)
+        done = finished_folds(setup, out_dir) if has_config else {}
+        todo = [k for k in range(1, len(setup.folds) + 1) if k not in done]
+        if todo:
+            features = load_features(setup, cache_dir=cache_dir, progress=progress)
+            if not has_config:
+                runs.write_config(out_dir, setup.resolved, device_type=setup.device.type)
+            done.update(train_folds(setup, features, out_dir, folds=todo, progress=progress))
+        return finish(setup, out_dir, done)
 
 
 def format_summary(summary: dict) -> str:
@@ -600,7 +710,13 @@ def format_summary(summary: dict) -> str:
 
 
 __all__ = [
+    "RunSetup",
     "TrainConfig",
+    "finish",
+    "finished_folds",
+    "load_features",
+    "prepare_run",
+    "train_folds",
     "cross_validate_arrays",
     "format_summary",
     "load_checkpoint",

@@ -20,6 +20,14 @@ def add_parser(subparsers):
     source.add_argument("--manifest", default=None, help="a manifest CSV instead of IEMOCAP")
     parser.add_argument("--out", default="_build", help="build folder (default: _build)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    from serlib.engines import ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES, default=None,
+                        help="how the grid trains before the chapters run (default: the "
+                        "profile's engine, else local)")
+    parser.add_argument("--jobs", type=int, default=None, help="CPU workers of the grid")
+    parser.add_argument("--jobs-per-gpu", type=int, default=None, help="grid workers per GPU")
+    parser.add_argument("--address", default=None, help="ray cluster address ('auto')")
     parser.set_defaults(func=run)
     return parser
 
@@ -28,6 +36,7 @@ def run(args) -> int:
     from serlib.book import build_book
 
     html = build_book(profile=args.profile, out_dir=args.out, data_root=args.data_root,
-                      manifest=args.manifest, quiet=args.quiet)
+                      manifest=args.manifest, quiet=args.quiet, engine=args.engine,
+                      jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu, address=args.address)
     print(f"book: {html / 'index.html'}")
     return 0
