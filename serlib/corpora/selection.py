@@ -89,6 +89,35 @@ def selection_steps(
     return pd.DataFrame(rows)
 
 
+def label_counts(table: pd.DataFrame, *, classes: Sequence[str] = PAPER_CLASSES
+                 ) -> pd.DataFrame:
+    """How many utterances of a corpus table carry each label, and whether the selection
+    keeps that label.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A corpus table (any loader).
+    classes : sequence of str
+        The classes the selection keeps.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label, indexed by label: the classes first (in ``classes`` order, 0 where
+        absent), then the others by count; columns ``n_utterances`` and ``selected`` (False:
+        left out by :func:`select_utterances`).
+    """
+    classes = _check_options(classes, min_agree=0, max_seconds=1.0)
+    counts = table["label"].value_counts()
+    others = [label for label in counts.index if label not in classes]
+    order = [*classes, *others]
+    return pd.DataFrame({
+        "n_utterances": [int(counts.get(label, 0)) for label in order],
+        "selected": [label in classes for label in order],
+    }, index=pd.Index(order, name="label"))
+
+
 def select_utterances(
     table: pd.DataFrame,
     *,
