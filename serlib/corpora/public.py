@@ -103,7 +103,10 @@ TESS = Scheme("tess", re.compile(
 SAVEE = Scheme("savee", re.compile(
     r"(?:(?P<speaker>DC|JE|JK|KL)_)?(?P<emotion>sa|su|a|d|f|h|n)(?P<number>\d{2})\.wav"),
     "DC/a01.wav (speaker folder DC/JE/JK/KL) or DC_a01.wav (emotion a/d/f/h/n/sa/su, "
-    "number 01-30)")
+    "number 01-30)",
+    # DC/a01.wav and JE/a01.wav are two speakers' files, not two copies
+    key=lambda path, match: f"{match['speaker'] or path.parent.name}_{match['emotion']}"
+                            f"{match['number']}")
 EMODB = Scheme("emodb", re.compile(
     r"(?P<speaker>\d{2})(?P<text>[ab]\d{2})(?P<emotion>[WLEAFTN])(?P<version>[a-z])\.wav"),
     "SSTTTEV.wav (speaker 03-16, text a01-b10, emotion W/L/E/A/F/T/N, version a-z; "
@@ -308,12 +311,7 @@ def load_savee(root: str | os.PathLike, *, progress: bool = False) -> pd.DataFra
         return _emotion_row("savee", match, utterance_id=f"{speaker}_{stem}", speaker=speaker,
                             gender="M")
 
-    table = build_table(root, scan, row, corpus="savee", progress=progress)
-    repeated = table["utterance_id"][table["utterance_id"].duplicated()]
-    if not repeated.empty:
-        raise SerlibError(f"{root}: both SAVEE layouts hold {repeated.iloc[0]} (DC/a01.wav and "
-                          "DC_a01.wav): point the data root at one copy")
-    return table
+    return build_table(root, scan, row, corpus="savee", progress=progress)
 
 
 def load_emodb(root: str | os.PathLike, *, progress: bool = False) -> pd.DataFrame:

@@ -46,11 +46,15 @@ class Scheme:
         Full match of a file NAME (with suffix), with named groups.
     description : str
         The scheme in words for error messages, e.g. ``"SSTTTEV.wav (03a01Wa.wav)"``.
+    key : callable, optional
+        ``key(path, match)``: what must be unique among the corpus's files (two files with one
+        key are two copies of the corpus); default: the file name, case-insensitively.
     """
 
     corpus: str
     pattern: re.Pattern
     description: str
+    key: Callable[[Path, re.Match], str] | None = None
 
 
 @dataclass
@@ -107,10 +111,10 @@ def scan_corpus(root: str | os.PathLike, scheme: Scheme) -> tuple[Path, Scan]:
         if match is None:
             misnamed.append(path)
             continue
-        key = path.name.lower()
+        key = scheme.key(path, match) if scheme.key else path.name.lower()
         if key in seen:
             raise SerlibError(
-                f"{path}: a second file named {path.name} (the first is {seen[key]}): {root} "
+                f"{path}: a second file for {key} (the first is {seen[key]}): {root} "
                 f"holds two copies of {scheme.corpus}; point the data root at one of them"
             )
         seen[key] = path

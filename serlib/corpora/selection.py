@@ -110,7 +110,8 @@ def label_counts(table: pd.DataFrame, *, classes: Sequence[str] = PAPER_CLASSES
     """
     classes = _check_options(classes, min_agree=0, max_seconds=1.0)
     counts = table["label"].value_counts()
-    others = [label for label in counts.index if label not in classes]
+    others = sorted((label for label in counts.index if label not in classes),
+                    key=lambda label: (-counts[label], label))
     order = [*classes, *others]
     return pd.DataFrame({
         "n_utterances": [int(counts.get(label, 0)) for label in order],
