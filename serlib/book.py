@@ -167,6 +167,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     plan = [
         ("02_data_selection", "02_data_selection", {
             "data_root": paths["data_root"], "manifest": paths["manifest"],
+            "corpus": paths.get("corpus", "iemocap"),
             "selection_path": paths["selection"], **profile.selection}),
         ("03_features", "03_features", {
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
@@ -186,7 +187,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
 def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike = "_build",
                data_root: str | os.PathLike | None = None,
                manifest: str | os.PathLike | None = None,
-               quiet: bool = False) -> Path:
+               corpus: str = "iemocap", quiet: bool = False) -> Path:
     """Execute every chapter and render the book; returns ``<out_dir>/html``.
 
     Parameters
@@ -197,14 +198,25 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
     out_dir : path
         Build folder: data, selection, feature cache, runs, staging and ``html``.
     data_root : path, optional
-        An IEMOCAP release (real or generated); default: generate the built-in corpus.
+        The corpus folder: an IEMOCAP release (real or generated) by default, else the corpus
+        named by ``corpus``; default: generate the built-in corpus.
     manifest : path, optional
-        A manifest CSV instead of an IEMOCAP tree.
+        A manifest CSV instead of a corpus folder.
+    corpus : str
+        Which corpus ``data_root`` holds: ``iemocap`` or a public corpus
+        (:data:`serlib.corpora.CORPUS_NAMES`); the data chapter reads it by name.
     quiet : bool
         No progress lines.
     """
+    from serlib.corpora.public import CORPUS_NAMES, canonical_name
     from serlib.provenance import commit_hash
 
+    corpus = canonical_name(corpus)
+    if corpus not in CORPUS_NAMES:
+        raise SerlibError(f"corpus={corpus!r} is not known (known: {', '.join(CORPUS_NAMES)})")
+    if corpus != "iemocap" and (data_root is None or manifest is not None):
+        raise SerlibError(f"corpus={corpus!r} needs data_root (--data-root), the folder "
+                          "holding its audio, and no manifest")
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
     out = Path(out_dir).resolve()
@@ -214,10 +226,12 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         if not quiet:
             print(message, flush=True)
 
-    if data_root is None and manifest is None:
+    generated = data_root is None and manifest is None
+    if generated:
         if profile.requires_data_root:
-            raise SerlibError(f"profile {profile.name!r} needs --data-root (a real IEMOCAP "
-                              "copy); the smoke profile runs on the built-in corpus")
+            raise SerlibError(f"profile {profile.name!r} needs --data-root (a real corpus: "
+                              "IEMOCAP, or a public one with --corpus NAME); the smoke "
+                              "profile runs on the built-in corpus")
         from serlib.corpora.synthetic import generate_corpus
 
         say(f"[corpus] generating the built-in corpus ({profile.corpus_size}) under {out}/data")
@@ -226,16 +240,18 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
     paths = {
         "data_root": "" if data_root is None else str(Path(data_root).resolve()),
         "manifest": "" if manifest is None else str(Path(manifest).resolve()),
+        "corpus": corpus,
         "selection": str(out / "selection.csv"),
         "cache": str(out / "cache"),
         "runs": str(out / "runs"),
     }
     staging = out / "staging"
-    corpus = paths["data_root"] or paths["manifest"]
+    source = paths["data_root"] or paths["manifest"]
+    kind = "manifest" if manifest is not None else "generated" if generated else corpus
     build_info = (
         "```{admonition} This build\n"
         f"- profile: **{profile.name}**: {profile.description}\n"
-        f"- corpus: `{corpus}`\n"
+        f"- corpus: {kind} `{source}`\n"
         f"- commit: `{commit_hash()}`, built {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
         "```\n"
     )
