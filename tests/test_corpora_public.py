@@ -151,7 +151,7 @@ def crema_tree(base: Path, *, demographics: bool = True) -> Path:
                 (root / "AudioMP3" / f"{name}.mp3").write_bytes(b"mp3")
     if demographics:
         (root / "VideoDemographics.csv").write_text(
-            "ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n"
+            '"ActorID","Age","Sex","Race","Ethnicity"\n1001,51,"Male","Caucasian","Not Hispanic"\n'
             "1002,21,Female,Caucasian,Not Hispanic\n")
     return root
 
