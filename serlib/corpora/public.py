@@ -133,7 +133,7 @@ def class_mapping(corpus: str) -> pd.DataFrame:
         corpus's authors name it), ``label`` (the corpus table's label) and ``paper class``
         (the label if it is one of the paper's four classes, else ``"(left out)"``).
     """
-    key = _canonical(corpus)
+    key = canonical_name(corpus)
     if key not in MAPPINGS:
         raise SerlibError(f"corpus={corpus!r} has no class mapping (public corpora: "
                           f"{', '.join(MAPPINGS)})")
@@ -381,7 +381,8 @@ CORPUS_NAMES = ("iemocap", *CORPORA)
 ALIASES = {"cremad": "crema-d", "crema_d": "crema-d"}
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """A corpus name as :data:`CORPUS_NAMES` spells it (lower case, ``cremad`` -> ``crema-d``)."""
     name = str(name).strip().lower()
     return ALIASES.get(name, name)
 
@@ -405,7 +406,7 @@ def load_corpus(name: str, root: str | os.PathLike, *, keep_calm: bool | None = 
     pandas.DataFrame
         The corpus table (:data:`serlib.corpora.COLUMNS`).
     """
-    key = _canonical(name)
+    key = canonical_name(name)
     if key not in CORPUS_NAMES:
         raise SerlibError(f"corpus={name!r} is not known (known: {', '.join(CORPUS_NAMES)})")
     if keep_calm is not None and key != "ravdess":

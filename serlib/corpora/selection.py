@@ -14,11 +14,16 @@ from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
 
 
-def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
-                   ) -> tuple[str, ...]:
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes):
         raise SerlibError(f"classes={classes!r} must be a non-empty list of distinct names")
+    return classes
+
+
+def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
+                   ) -> tuple[str, ...]:
+    classes = _check_classes(classes)
     if min_agree < 0:
         raise SerlibError(f"min_agree={min_agree!r} must be >= 0")
     if not max_seconds > 0:
@@ -108,7 +113,7 @@ def label_counts(table: pd.DataFrame, *, classes: Sequence[str] = PAPER_CLASSES
         absent), then the others by count; columns ``n_utterances`` and ``selected`` (False:
         left out by :func:`select_utterances`).
     """
-    classes = _check_options(classes, min_agree=0, max_seconds=1.0)
+    classes = _check_classes(classes)
     counts = table["label"].value_counts()
     others = sorted((label for label in counts.index if label not in classes),
                     key=lambda label: (-counts[label], label))
