@@ -293,6 +293,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     plan = [
         ("02_data_selection", "02_data_selection", {
             "data_root": paths["data_root"], "manifest": paths["manifest"],
+            "corpus": paths.get("corpus", "iemocap"),
             "selection_path": paths["selection"], **profile.selection}),
         ("03_features", "03_features", {
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
@@ -309,11 +310,12 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     return plan
 
 
-def book_paths(out: Path, *, data_root, manifest) -> dict:
+def book_paths(out: Path, *, data_root, manifest, corpus: str = "iemocap") -> dict:
     """Where a build's files go (every chapter and the grid use the same ones)."""
     return {
         "data_root": "" if data_root is None else str(Path(data_root).resolve()),
         "manifest": "" if manifest is None else str(Path(manifest).resolve()),
+        "corpus": corpus,
         "selection": str(out / "selection.csv"),
         "cache": str(out / "cache"),
         "runs": str(out / "runs"),
@@ -327,8 +329,9 @@ def corpus_for(profile: Profile, out: Path, *, data_root=None, manifest=None,
     if data_root is not None or manifest is not None:
         return data_root
     if profile.requires_data_root:
-        raise SerlibError(f"profile {profile.name!r} needs --data-root (a real IEMOCAP "
-                          "copy); the smoke profile runs on the built-in corpus")
+        raise SerlibError(f"profile {profile.name!r} needs --data-root (a real corpus: "
+                          "IEMOCAP, or a public one with --corpus NAME); the smoke "
+                          "profile runs on the built-in corpus")
     from serlib.corpora.synthetic import generate_corpus
 
     if not quiet:
@@ -340,23 +343,24 @@ def corpus_for(profile: Profile, out: Path, *, data_root=None, manifest=None,
 
 def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_build",
                      data_root: str | os.PathLike | None = None,
-                     manifest: str | os.PathLike | None = None, engine: str | None = None,
-                     jobs: int | None = None, jobs_per_gpu: int | None = None,
-                     address: str | None = None, quiet: bool = False):
+                     manifest: str | os.PathLike | None = None, corpus: str = "iemocap",
+                     engine: str | None = None, jobs: int | None = None,
+                     jobs_per_gpu: int | None = None, address: str | None = None,
+                     quiet: bool = False):
     """Select (as the data chapter does), then train the profile's grid into ``out/runs``.
 
     Engine settings come from the profile's ``engine:`` block, each overridable here.
     Returns the :class:`serlib.grid.GridResult`.
     """
-    from serlib.corpora import load_iemocap, load_manifest, select_utterances, write_selection
+    from serlib.corpora import load_corpus, load_manifest, select_utterances, write_selection
     from serlib.grid import run_grid
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
     out = Path(out_dir).resolve()
     data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
-    paths = book_paths(out, data_root=data_root, manifest=manifest)
-    table = load_iemocap(paths["data_root"]) if paths["data_root"] \
+    paths = book_paths(out, data_root=data_root, manifest=manifest, corpus=corpus)
+    table = load_corpus(corpus, paths["data_root"]) if paths["data_root"] \
         else load_manifest(paths["manifest"])
     selection = select_utterances(table, **profile.selection)
     write_selection(selection, paths["selection"])
@@ -373,8 +377,9 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
 def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike = "_build",
                data_root: str | os.PathLike | None = None,
                manifest: str | os.PathLike | None = None,
-               quiet: bool = False, engine: str | None = None, jobs: int | None = None,
-               jobs_per_gpu: int | None = None, address: str | None = None) -> Path:
+               corpus: str = "iemocap", quiet: bool = False, engine: str | None = None,
+               jobs: int | None = None, jobs_per_gpu: int | None = None,
+               address: str | None = None) -> Path:
     """Execute every chapter and render the book; returns ``<out_dir>/html``.
 
     Parameters
@@ -385,17 +390,28 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
     out_dir : path
         Build folder: data, selection, feature cache, runs, staging and ``html``.
     data_root : path, optional
-        An IEMOCAP release (real or generated); default: generate the built-in corpus.
+        The corpus folder: an IEMOCAP release (real or generated) by default, else the corpus
+        named by ``corpus``; default: generate the built-in corpus.
     manifest : path, optional
-        A manifest CSV instead of an IEMOCAP tree.
+        A manifest CSV instead of a corpus folder.
+    corpus : str
+        Which corpus ``data_root`` holds: ``iemocap`` or a public corpus
+        (:data:`serlib.corpora.CORPUS_NAMES`); the data chapter reads it by name.
     quiet : bool
         No progress lines.
     engine, jobs, jobs_per_gpu, address
         How the grid trains (default: the profile's ``engine:`` settings); see
         :func:`run_profile_grid`. The training pages then only read the finished runs.
     """
+    from serlib.corpora.public import CORPUS_NAMES, canonical_name
     from serlib.provenance import commit_hash
 
+    corpus = canonical_name(corpus)
+    if corpus not in CORPUS_NAMES:
+        raise SerlibError(f"corpus={corpus!r} is not known (known: {', '.join(CORPUS_NAMES)})")
+    if corpus != "iemocap" and (data_root is None or manifest is not None):
+        raise SerlibError(f"corpus={corpus!r} needs data_root (--data-root), the folder "
+                          "holding its audio, and no manifest")
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
     out = Path(out_dir).resolve()
@@ -405,25 +421,27 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         if not quiet:
             print(message, flush=True)
 
+    generated = data_root is None and manifest is None
     data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
-    paths = book_paths(out, data_root=data_root, manifest=manifest)
+    paths = book_paths(out, data_root=data_root, manifest=manifest, corpus=corpus)
     # the grid first (in parallel); the training pages then find finished runs
     started = time.perf_counter()
     say("[grid] training every run of the profile ...")
     grid = run_profile_grid(profile, out_dir=out, data_root=data_root, manifest=manifest,
-                            engine=engine, jobs=jobs, jobs_per_gpu=jobs_per_gpu,
-                            address=address, quiet=quiet)
+                            corpus=corpus, engine=engine, jobs=jobs,
+                            jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet)
     if not grid.ok:
         raise SerlibError(f"the grid failed for {grid.describe_failures()} (tracebacks above); "
                           "rerun to retry only those folds")
     say(f"[grid] done in {time.perf_counter() - started:.0f} s")
     staging = out / "staging"
     # paths on the page are relative to the build folder: no machine's absolute paths
-    corpus = os.path.relpath(paths["data_root"] or paths["manifest"], out)
+    source = os.path.relpath(paths["data_root"] or paths["manifest"], out)
+    kind = "manifest" if manifest is not None else "generated" if generated else corpus
     build_info = (
         "```{admonition} This build\n"
         f"- profile: **{profile.name}**: {profile.description}\n"
-        f"- corpus: `{corpus}`\n"
+        f"- corpus: {kind} `{source}`\n"
         f"- commit: `{commit_hash()}`, built {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
         "```\n"
     )

@@ -51,10 +51,16 @@ def make_folds(selection: pd.DataFrame, *, protocol: str, n_folds: int, seed: in
         splits = ((index[sessions != s], index[sessions == s]) for s in unique)
     else:
         speakers = selection["speaker"].astype(str).to_numpy()
-        if len(np.unique(speakers)) < n_folds:
+        n_speakers = len(np.unique(speakers))
+        if n_speakers < n_folds:
+            corpus = (f"corpus {selection['corpus'].iloc[0]!r}" if "corpus" in selection
+                      and len(selection) else "this selection")
             raise SerlibError(
-                f"protocol='session' needs at least n_folds={n_folds} speakers, "
-                f"got {len(np.unique(speakers))}"
+                f"protocol='session' (speaker-independent) needs at least n_folds={n_folds} "
+                f"speakers, one group per fold, but {corpus} has {n_speakers} "
+                f"speaker(s) and no sessions: refused; use "
+                + (f"n_folds <= {n_speakers} or " if n_speakers >= 2 else "")
+                + "protocol='stratified' (which shares speakers between train and test)"
             )
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(index, labels, groups=speakers)

@@ -26,6 +26,25 @@ def test_shipped_profiles_are_valid(name):
     assert profile.requires_data_root == (name == "paper")
 
 
+def test_real_profile_is_speaker_independent():
+    profile = Profile.load("real")
+    assert profile.requires_data_root and profile.grid == PAPER_GRID
+    assert (profile.training["protocol"], profile.training["folds"]) == ("session", 5)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"corpus": "esd", "data_root": "/d"}, "corpus='esd' is not known"),
+    ({"corpus": "emodb"}, "corpus='emodb' needs data_root"),
+    ({"corpus": "emodb", "data_root": "/d", "manifest": "/m.csv"}, "and no manifest"),
+])
+def test_book_corpus_is_checked_first(tmp_path, kwargs, match):
+    from serlib.book import build_book
+
+    with pytest.raises(SerlibError, match=match):
+        build_book(profile="tiny", out_dir=tmp_path / "out", quiet=True, **kwargs)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 def test_paper_profile_uses_paper_network():
     assert Profile.load("paper").training["width"] == 64
     assert Profile.load("smoke").corpus_size == "small"
@@ -81,7 +100,7 @@ def test_grid_entries_override_any_field_and_seeds_repeat_them(tmp_path):
 
 
 def test_unknown_profile():
-    with pytest.raises(SerlibError, match="no such profile.*known: paper, smoke, tiny"):
+    with pytest.raises(SerlibError, match="no such profile.*known: paper, real, smoke, tiny"):
         Profile.load("fast")
 
 
@@ -104,6 +123,10 @@ def test_staging_expands_training_pages(tmp_path):
     plan = chapter_plan(profile, {"data_root": "/d", "manifest": "", "selection": "/s.csv",
                                   "cache": "/c", "runs": "/r"})
     pages = [page for _, page, _ in plan]
+    assert plan[0][2]["corpus"] == "iemocap"  # the data chapter's default
+    emodb = chapter_plan(profile, {"data_root": "/d", "manifest": "", "corpus": "emodb",
+                                   "selection": "/s.csv", "cache": "/c", "runs": "/r"})
+    assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
     assert pages[0] == "02_data_selection" and pages[-1] == "06_results"
     mfcc_focal = next(p for _, page, p in plan if page == "05_training_mfcc_focal")
     assert mfcc_focal["run_dir"] == "/r/mfcc_focal" and mfcc_focal["epochs"] == 1

@@ -16,8 +16,12 @@ def add_parser(subparsers):
                         "IEMOCAP, GPU), tiny (tests), or a profile YAML path")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-root", default=None,
-                        help="an IEMOCAP release (IEMOCAP_full_release or its parent)")
-    source.add_argument("--manifest", default=None, help="a manifest CSV instead of IEMOCAP")
+                        help="the corpus folder: an IEMOCAP release (IEMOCAP_full_release or "
+                        "its parent), or the folder of the corpus named by --corpus")
+    source.add_argument("--manifest", default=None, help="a manifest CSV instead of a corpus")
+    parser.add_argument("--corpus", default="iemocap", metavar="NAME",
+                        help="which corpus --data-root holds: iemocap (default), ravdess, "
+                        "crema-d, tess, savee, emodb or emovo")
     parser.add_argument("--out", default="_build", help="build folder (default: _build)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     from serlib.engines import ENGINES
@@ -36,7 +40,8 @@ def run(args) -> int:
     from serlib.book import build_book
 
     html = build_book(profile=args.profile, out_dir=args.out, data_root=args.data_root,
-                      manifest=args.manifest, quiet=args.quiet, engine=args.engine,
-                      jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu, address=args.address)
+                      manifest=args.manifest, corpus=args.corpus, quiet=args.quiet,
+                      engine=args.engine, jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu,
+                      address=args.address)
     print(f"book: {html / 'index.html'}")
     return 0

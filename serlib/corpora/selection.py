@@ -21,11 +21,16 @@ from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
 
 
-def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
-                   ) -> tuple[str, ...]:
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
     classes = tuple(classes)
     if not classes or len(set(classes)) != len(classes):
         raise SerlibError(f"classes={classes!r} must be a non-empty list of distinct names")
+    return classes
+
+
+def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
+                   ) -> tuple[str, ...]:
+    classes = _check_classes(classes)
     if min_agree < 0:
         raise SerlibError(f"min_agree={min_agree!r} must be >= 0")
     if not max_seconds > 0:
@@ -94,6 +99,36 @@ def selection_steps(
         rows.append({"step": name, "n_utterances": len(frame),
                      **{c: int(counts.get(c, 0)) for c in classes}})
     return pd.DataFrame(rows)
+
+
+def label_counts(table: pd.DataFrame, *, classes: Sequence[str] = PAPER_CLASSES
+                 ) -> pd.DataFrame:
+    """How many utterances of a corpus table carry each label, and whether the selection
+    keeps that label.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A corpus table (any loader).
+    classes : sequence of str
+        The classes the selection keeps.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label, indexed by label: the classes first (in ``classes`` order, 0 where
+        absent), then the others by count; columns ``n_utterances`` and ``selected`` (False:
+        left out by :func:`select_utterances`).
+    """
+    classes = _check_classes(classes)
+    counts = table["label"].value_counts()
+    others = sorted((label for label in counts.index if label not in classes),
+                    key=lambda label: (-counts[label], label))
+    order = [*classes, *others]
+    return pd.DataFrame({
+        "n_utterances": [int(counts.get(label, 0)) for label in order],
+        "selected": [label in classes for label in order],
+    }, index=pd.Index(order, name="label"))
 
 
 def select_utterances(
