@@ -73,7 +73,7 @@ def test_each_fold_reproduces_the_runs_test_predictions(tiny_run, synthetic_sele
             got = predictor.predict_file(path, long="cut")
             np.testing.assert_allclose(got.probabilities, expected, atol=1e-5, rtol=0)
             assert got.predicted == row.predicted
-            if duration_of[row.utterance_id] <= 6.0:
+            if duration_of[row.utterance_id] <= 6.0 and n_short < 6:
                 # a clip within the model input is one window: the default mode agrees
                 n_short += 1
                 windowed = predictor.predict_file(path)
