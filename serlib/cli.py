@@ -25,7 +25,7 @@ from serlib import __version__
 from serlib.errors import SerlibError
 
 #: Subcommands in pipeline order.
-COMMANDS = ("synth", "select", "features", "cv", "grid", "book")
+COMMANDS = ("synth", "select", "features", "cv", "baseline", "grid", "book", "predict", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:
