@@ -75,8 +75,8 @@ def load_audio(
     y = np.ascontiguousarray(data.T)  # (channels, n)
     check_samples(y, name=name)
     if not y.any():
-        what = f"first {max_seconds:g} s are" if max_seconds is not None else "file is"
-        warnings.warn(f"{name}: silent audio (every sample of the {what} zero); its features "
+        what = f"the first {max_seconds:g} s" if max_seconds is not None else "the file"
+        warnings.warn(f"{name}: silent audio (every sample in {what} is zero); its features "
                       "are the dB floor", SilentAudioWarning, stacklevel=2)
     return y, sr
 
