@@ -15,7 +15,7 @@ from serlib import __version__
 from serlib.errors import SerlibError
 
 #: Subcommands in pipeline order.
-COMMANDS = ("synth", "select", "features", "cv", "book")
+COMMANDS = ("synth", "select", "features", "cv", "baseline", "book")
 
 
 def build_parser() -> argparse.ArgumentParser:

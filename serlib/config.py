@@ -145,7 +145,7 @@ class TrainConfig:
         """
         if name not in RECIPES:
             raise SerlibError(f"recipe={name!r} is not one of {', '.join(RECIPES)}")
-        return cls(**{**RECIPES[name], **overrides})
+        return cls.from_dict({**RECIPES[name], **overrides})
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -169,6 +169,8 @@ class TrainConfig:
 #: speaker-independent folds, chosen on the inner validation splits (benchmarks/README.md).
 RECIPES: dict[str, dict] = {
     "paper": {},
+    "strong": {"own_frames": True, "pooling": "meanstd", "select_epoch": "last", "patience": 0,
+               "width": 16, "epochs": 30},
 }
 
 __all__ = ["CLASS_WEIGHTS", "PROTOCOLS", "RECIPES", "SAMPLERS", "TrainConfig"]
