@@ -15,6 +15,13 @@ from serlib.labels import PAPER_CLASSES
 
 #: Cross-validation protocols (serlib.splits.make_folds).
 PROTOCOLS = ("stratified", "session")
+#: Class weightings (TrainConfig.class_weights) and epoch samplers (TrainConfig.sampler).
+CLASS_WEIGHTS = ("none", "inverse", "effective")
+SAMPLERS = ("shuffle", "balanced")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _finite(value) -> bool:
@@ -53,6 +60,37 @@ class TrainConfig:
                                    # step is dispatch-bound (benchmarks/README.md)
     feature_dtype: str = "float32" # feature store dtype ("float16" halves memory)
 
+    # --- imbalance remedies and epoch choice (issue 12); the defaults are today's
+    class_weights: str = "none"    # "none", "inverse" (n / (C n_c), sklearn's "balanced") or
+                                   # "effective" (Cui et al. 2019, with `beta`), from the fold's
+                                   # fitting part; weighted CE for softmax, alpha for focal
+    beta: float = 0.999            # effective-number parameter of class_weights="effective"
+    sampler: str = "shuffle"       # "shuffle" (every clip once an epoch) or "balanced" (class-
+                                   # balanced draws with replacement, same epoch length)
+    select_epoch: str = "best"     # "best": the epoch of best validation UA; "last": the final
+                                   # epoch (the paper's fixed number of epochs; no early stop)
+
+    # --- the training recipe beyond the paper (issue 9); every one off by default, which is
+    # the paper's recipe, bit for bit (RECIPES["paper"]). Lengths come from each clip's
+    # duration, so that padding can be ignored.
+    own_frames: bool = False       # the network sees each clip's own frames only: batches cut
+                                   # to their longest clip, convolutions and pooling masked
+    pooling: str = "mean"          # global pooling: "mean" or "meanstd" (mean and std over
+                                   # frequency and time, concatenated: 2 x the head's inputs)
+    normalisation: str = "corpus"  # "corpus": per-bin mean/std of the fitting part (paper);
+                                   # "utterance": each clip by its own per-bin mean/std
+    crop_frames: int = 0           # > 0: train on random crops of this many frames, test on
+                                   # the mean probabilities of half-overlapping windows
+    time_masks: int = 0            # SpecAugment time masks per clip in training ...
+    time_mask_frames: int = 0      # ... each up to this many frames wide
+    freq_masks: int = 0            # SpecAugment frequency masks per clip ...
+    freq_mask_bins: int = 0        # ... each up to this many bins (mel bands or MFCCs) wide
+    time_shift_frames: int = 0     # random circular shift of a clip's own frames, up to +-this
+    mixup: float = 0.0             # > 0: mixup with lambda ~ Beta(mixup, mixup)
+    dropout: float = 0.0           # dropout before the linear head
+    label_smoothing: float = 0.0   # targets (1 - e) one-hot + e / C
+    warmup_epochs: int = 0         # linear learning-rate warm-up before the schedule
+
     def __post_init__(self):
         checks = {
             "feature": self.feature in ("spectrogram", "mfcc"),
@@ -75,10 +113,48 @@ class TrainConfig:
                 len(self.alpha) == len(PAPER_CLASSES)
                 and all(_finite(a) and a > 0 for a in self.alpha)),
             "amp": isinstance(self.amp, bool),
+            "class_weights": self.class_weights in CLASS_WEIGHTS,
+            "beta": 0 <= self.beta < 1,
+            "sampler": self.sampler in SAMPLERS,
+            "select_epoch": self.select_epoch in ("best", "last"),
+            "own_frames": isinstance(self.own_frames, bool),
+            "pooling": self.pooling in ("mean", "meanstd"),
+            "normalisation": self.normalisation in ("corpus", "utterance"),
+            "crop_frames": _count(self.crop_frames),
+            "time_masks": _count(self.time_masks),
+            "time_mask_frames": _count(self.time_mask_frames),
+            "freq_masks": _count(self.freq_masks),
+            "freq_mask_bins": _count(self.freq_mask_bins),
+            "time_shift_frames": _count(self.time_shift_frames),
+            "mixup": self.mixup >= 0,
+            "dropout": 0 <= self.dropout < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "warmup_epochs": _count(self.warmup_epochs) and self.warmup_epochs < self.epochs,
         }
         for name, ok in checks.items():
             if not ok:
                 raise SerlibError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid")
+        if self.class_weights != "none" and self.alpha is not None:
+            raise SerlibError(
+                f"TrainConfig.class_weights={self.class_weights!r} and an explicit alpha "
+                "both weight the classes: give one of them"
+            )
+
+    @property
+    def needs_lengths(self) -> bool:
+        """Whether training uses each clip's own number of frames (from its duration)."""
+        return (self.own_frames or self.normalisation == "utterance" or self.crop_frames > 0
+                or self.time_shift_frames > 0 or self.time_masks > 0)
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides) -> TrainConfig:
+        """A config of the named recipe (:data:`RECIPES`) with ``overrides`` on top.
+
+        ``TrainConfig.from_recipe("paper")`` is ``TrainConfig()``.
+        """
+        if name not in RECIPES:
+            raise SerlibError(f"recipe={name!r} is not one of {', '.join(RECIPES)}")
+        return cls.from_dict({**RECIPES[name], **overrides})
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -97,4 +173,15 @@ class TrainConfig:
         return cls(**data)
 
 
-__all__ = ["PROTOCOLS", "TrainConfig"]
+#: Named training recipes: TrainConfig fields over the defaults (TrainConfig.from_recipe).
+#: "paper" is the paper's method (Tables 1-4); "strong" bundles what won on EmoDB's
+#: speaker-independent folds, chosen on the inner validation splits (benchmarks/README.md).
+RECIPES: dict[str, dict] = {
+    "paper": {},
+    # benchmarks/recipe.py's "own-w32-meanstd-spec": the best validation UA of those screened
+    "strong": {"own_frames": True, "pooling": "meanstd", "width": 32, "epochs": 30,
+               "select_epoch": "last", "patience": 0, "time_masks": 2, "time_mask_frames": 10,
+               "freq_masks": 2, "freq_mask_bins": 4, "time_shift_frames": 20},
+}
+
+__all__ = ["CLASS_WEIGHTS", "PROTOCOLS", "RECIPES", "SAMPLERS", "TrainConfig"]

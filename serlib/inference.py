@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from serlib._io import atomic_path, atomic_write_json
+from serlib.augment import clip_frames, utterance_normalise
 from serlib.errors import SerlibError
 from serlib.features import FeatureConfig, extract, load_audio
 
@@ -114,7 +115,7 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------- the models
-def _run_model(model, x, *, config):
+def _run_model(model, x, *, config, lengths=None):
     """Softmax probabilities of one fold's model on a normalised batch.
 
     The one place where a fold's model is applied (torch inference and the ONNX graph both
@@ -129,6 +130,9 @@ def _run_model(model, x, *, config):
         Features normalised with that fold's mean and std.
     config : serlib.training.TrainConfig
         The fold's training configuration.
+    lengths : torch.Tensor of int64, shape (B,), optional
+        Each clip's own frames; used when the run was trained with ``own_frames`` (the model
+        then ignores everything past a clip's end, as in training).
 
     Returns
     -------
@@ -136,7 +140,13 @@ def _run_model(model, x, *, config):
     """
     import torch
 
-    logits = model(x.contiguous(memory_format=torch.channels_last))   # (B, C)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if config.own_frames:
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[-1], dtype=torch.int64)
+        logits = model(x, lengths)                                      # (B, C)
+    else:
+        logits = model(x)                                               # (B, C)
     return torch.softmax(logits.float(), dim=-1)
 
 
@@ -157,11 +167,12 @@ def _ensemble_module(models: list, means: list[np.ndarray], stds: list[np.ndarra
             self.register_buffer("mean", torch.from_numpy(np.stack(means))[:, None, :, None])
             self.register_buffer("std", torch.from_numpy(np.stack(stds))[:, None, :, None])
 
-        def forward(self, features):                       # (B, 1, F, T)
+        def forward(self, features, lengths=None):         # (B, 1, F, T), (B,)
             if self.float16_features:                      # as the run stored them
                 features = features.to(torch.float16).to(torch.float32)
             probs = [
-                _run_model(model, (features - self.mean[k]) / self.std[k], config=config)
+                _run_model(model, (features - self.mean[k]) / self.std[k], config=config,
+                           lengths=lengths)
                 for k, (model, config) in enumerate(zip(self.models, self.configs,
                                                         strict=True))
             ]
@@ -326,6 +337,9 @@ class Predictor:
             raise SerlibError(f"{run_dir / 'config.json'}: has no 'train' section") from None
         feature_config = (FeatureConfig.from_dict(config["features"]) if "features" in config
                           else FeatureConfig.preset(train.feature))
+        if train.crop_frames:
+            raise SerlibError(f"{run_dir}: trained on random crops (crop_frames="
+                              f"{train.crop_frames}); predicting such runs is not supported yet")
         available = list(range(1, train.folds + 1))
         if folds is None:
             missing = [k for k in available
@@ -359,10 +373,16 @@ class Predictor:
         ensemble = _ensemble_module(models, means, stds, configs,
                                     float16_features=float16).to(device)
 
-        def score(features: np.ndarray) -> np.ndarray:
+        def score(features: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
+            if train.normalisation == "utterance":
+                # each clip by its own statistics, as in training (the checkpoints' mean and
+                # std are the identity then)
+                features = utterance_normalise(features, lengths)
             x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[:, None]
+            lt = None if lengths is None else torch.from_numpy(lengths.astype(np.int64))
             with torch.inference_mode():
-                return ensemble(x.to(device)).cpu().numpy()
+                return ensemble(x.to(device), None if lt is None else lt.to(device)
+                                ).cpu().numpy()
 
         return cls(score=score, feature_config=feature_config, class_names=names,
                    folds=folds, float16_features=float16, hop_seconds=hop_seconds,
@@ -400,7 +420,7 @@ class Predictor:
             raise SerlibError(f"{path}: onnxruntime cannot load it ({error})") from None
         feature_config = FeatureConfig.from_dict(meta["features"])
 
-        def score(features: np.ndarray) -> np.ndarray:
+        def score(features: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
             x = np.ascontiguousarray(features, dtype=np.float32)[:, None]   # (N, 1, F, T)
             return session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
 
@@ -410,13 +430,18 @@ class Predictor:
                    hop_seconds=hop_seconds, batch_size=batch_size, source=f"onnx {path}")
 
     # ------------------------------------------------------------------ prediction
-    def predict_features(self, features: np.ndarray) -> np.ndarray:
+    def predict_features(self, features: np.ndarray, *,
+                         durations_s: np.ndarray | None = None) -> np.ndarray:
         """The ensemble on feature matrices as :func:`serlib.features.extract` returns them.
 
         Parameters
         ----------
         features : np.ndarray, shape (N, F, T)
             Unnormalised; ``(F, T)`` must be ``feature_config.shape``.
+        durations_s : np.ndarray of float, shape (N,), optional
+            Seconds of audio behind each matrix (default: the whole matrix). Runs trained on
+            each clip's own frames (``own_frames``, ``normalisation="utterance"``) use them to
+            ignore the padding, as training did.
 
         Returns
         -------
@@ -427,7 +452,13 @@ class Predictor:
         if features.ndim != 3 or features.shape[1:] != self.feature_config.shape:
             raise SerlibError(f"features of shape {features.shape}: expected (N, "
                               f"{', '.join(map(str, self.feature_config.shape))})")
-        out = [self._score(features[i:i + self.batch_size])
+        config = self.feature_config
+        if durations_s is None:
+            durations_s = np.full(len(features), config.max_seconds)
+        lengths = clip_frames(np.asarray(durations_s, dtype=np.float64),
+                              sample_rate=config.sample_rate, hop_length=config.hop_length,
+                              max_seconds=config.max_seconds, n_frames=config.n_frames)
+        out = [self._score(features[i:i + self.batch_size], lengths[i:i + self.batch_size])
                for i in range(0, len(features), self.batch_size)]
         if not out:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
@@ -481,7 +512,7 @@ class Predictor:
             features = extract(y, sr=int(sample_rate), config=config, name=name)[None]
             starts_s = np.zeros(1)
             ends_s = np.array([min(duration_s, config.max_seconds)])
-            probs = self.predict_features(features)
+            probs = self.predict_features(features, durations_s=[duration_s])
         else:
             mono = _as_mono(y, name=name)
             if sample_rate != config.sample_rate:
@@ -498,7 +529,9 @@ class Predictor:
                     for a, b in zip(starts[i:i + self.batch_size],
                                     stops[i:i + self.batch_size], strict=True)
                 ])                                              # (b, F, T)
-                probs.append(self.predict_features(block))
+                probs.append(self.predict_features(
+                    block, durations_s=(stops[i:i + self.batch_size]
+                                        - starts[i:i + self.batch_size]) / config.sample_rate))
             probs = np.concatenate(probs)                       # (n_windows, C)
             starts_s = starts / config.sample_rate
             ends_s = np.minimum(stops / config.sample_rate, duration_s)
@@ -554,6 +587,12 @@ class Predictor:
         if self._ensemble is None:
             raise SerlibError(f"{self.source}: only a predictor built from a run can be "
                               "exported")
+        config = self._ensemble.configs[0]
+        if config.own_frames or config.normalisation == "utterance":
+            # the graph takes whole padded matrices; these recipes also need each clip's length
+            raise SerlibError(f"{self.source}: trained with own_frames={config.own_frames}, "
+                              f"normalisation={config.normalisation!r}; ONNX export supports "
+                              "runs that see whole padded matrices (the paper recipe) only")
         path = Path(path)
         if path.suffix != ".onnx":
             raise SerlibError(f"{path}: the ONNX file name must end in .onnx")

@@ -34,7 +34,7 @@ from serlib import runs
 from serlib.config import TrainConfig
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
-from serlib.losses import focal_loss
+from serlib.losses import class_weights, focal_loss
 from serlib.metrics import classification_report_dict
 from serlib.models import ResNet18
 from serlib.splits import make_folds, validation_split
@@ -70,17 +70,50 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def normalisation_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frequency-bin mean and std over clips and frames: (N, F, T) -> two (F,) arrays."""
-    mean = x.mean(axis=(0, 2), dtype=np.float64)
-    std = x.std(axis=(0, 2), dtype=np.float64)
+def normalisation_stats(x: np.ndarray, lengths: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frequency-bin mean and std over clips and frames: (N, F, T) -> two (F,) arrays.
+
+    With ``lengths`` (N,), over each clip's own frames only (padding left out)."""
+    if lengths is None:
+        mean = x.mean(axis=(0, 2), dtype=np.float64)
+        std = x.std(axis=(0, 2), dtype=np.float64)
+    else:
+        keep = (np.arange(x.shape[-1])[None, :] < np.asarray(lengths)[:, None])[:, None, :]
+        keep = np.broadcast_to(keep, x.shape)
+        mean = x.mean(axis=(0, 2), dtype=np.float64, where=keep)
+        std = x.std(axis=(0, 2), dtype=np.float64, where=keep)
     return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)
 
 
-def _criterion(config: TrainConfig):
+def _criterion(config: TrainConfig, weights: torch.Tensor | None = None):
+    """The training loss: focal (gamma) or softmax (cross-entropy), with ``config.alpha`` (focal
+    only) or the fold's class ``weights`` (both losses) and ``config.label_smoothing``."""
     gamma = config.gamma if config.loss == "focal" else 0.0
     alpha = config.alpha if config.loss == "focal" else None
-    return lambda logits, target: focal_loss(logits.float(), target, gamma=gamma, alpha=alpha)
+    if weights is not None:
+        alpha = weights
+    smoothing = config.label_smoothing
+    return lambda logits, target: focal_loss(logits.float(), target, gamma=gamma, alpha=alpha,
+                                             label_smoothing=smoothing)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    """Per-epoch learning-rate schedule: cosine to 0 over ``epochs`` or constant, after a linear
+    warm-up of ``warmup_epochs`` (lr (k + 1) / (w + 1) in warm-up epoch k) when there is one."""
+    warmup, epochs = config.warmup_epochs, config.epochs
+    if warmup == 0:
+        return (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+                if config.schedule == "cosine" else None)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        if config.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + np.cos(np.pi * (epoch - warmup) / (epochs - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -96,7 +129,9 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 class _Batches:
-    """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets.
+    """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets, and
+    optionally (B,) lengths (each clip's own frames; with ``own_frames`` a batch is cut to its
+    longest clip and the model is given the lengths).
 
     Batches are in channels_last layout (on this project's 2-core CPUs a ResNet-18 step is
     1.3-1.5x faster so at widths >= 16, 1.3x at width 64 on the AMD one; see
@@ -105,30 +140,92 @@ class _Batches:
     128 x 259 float32 are 0.3 GB) and batches are gathered there. No file I/O per step.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, *, device: torch.device):
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, device: torch.device,
+                 lengths: np.ndarray | None = None, own_frames: bool = False):
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
         self.y = torch.from_numpy(y.astype(np.int64))
+        self.lengths = None if lengths is None else torch.from_numpy(
+            np.asarray(lengths, dtype=np.int64))
+        if own_frames and lengths is None:
+            raise SerlibError("own_frames needs each clip's lengths")
+        self.own_frames = own_frames
         self.device = device
         if device.type == "cuda":
             self.x = self.x.pin_memory().to(device, non_blocking=True)   # (N, 1, F, T)
             self.y = self.y.pin_memory().to(device, non_blocking=True)   # (N,)
+            if self.lengths is not None:
+                self.lengths = self.lengths.to(device)
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def batches(self, batch_size: int, *, generator: torch.Generator | None = None):
-        """Yield (x (B, 1, F, T) channels_last, y (B,)); shuffled with ``generator`` (a CPU
-        generator, so the order is the same on every device), in order without one."""
+    def balanced_order(self, generator: torch.Generator) -> torch.Tensor:
+        """An epoch of class-balanced draws: ``len(self)`` rows drawn with replacement, each
+        with probability proportional to 1 / (its class's count); seeded by ``generator``."""
+        y = self.y.cpu()
+        counts = torch.bincount(y).double()
+        weights = 1.0 / counts[y]
+        return torch.multinomial(weights, len(y), replacement=True, generator=generator)
+
+    def iterate(self, batch_size: int, *, generator: torch.Generator | None = None,
+                order: torch.Tensor | None = None):
+        """Yield (x (B, 1, F, T') channels_last, y (B,), lengths (B,) or None); in the given
+        ``order``, else shuffled with ``generator`` (a CPU generator, so the order is the same
+        on every device), else in order. T' = T, or the batch's longest clip (own_frames)."""
         n = len(self.y)
-        order = torch.randperm(n, generator=generator) if generator is not None \
-            else torch.arange(n)
+        if order is None:
+            order = torch.randperm(n, generator=generator) if generator is not None \
+                else torch.arange(n)
         order = order.to(self.x.device)
-        for start in range(0, n, batch_size):
+        for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             if generator is not None and len(rows) < 2:
                 continue  # batch norm cannot train on a single sample
-            xb = self.x[rows].contiguous(memory_format=torch.channels_last)
-            yield xb, self.y[rows]
+            xb = self.x[rows]
+            lb = None if self.lengths is None else self.lengths[rows]
+            if self.own_frames:
+                xb = xb[..., :int(lb.max())]
+            yield xb.contiguous(memory_format=torch.channels_last), self.y[rows], lb
+
+    def batches(self, batch_size: int, *, generator: torch.Generator | None = None):
+        """:meth:`iterate` without the lengths: (x (B, 1, F, T) channels_last, y (B,))."""
+        for xb, yb, _ in self.iterate(batch_size, generator=generator):
+            yield xb, yb
+
+
+class _Augmenter:
+    """The training-time augmentations ``config`` asks for (:mod:`serlib.augment`), in the
+    order crop, time shift, SpecAugment, mixup, drawn from one numpy generator seeded with the
+    fold's seed (torch's random state is left alone)."""
+
+    def __init__(self, config: TrainConfig, *, seed: int):
+        self.config = config
+        self.rng = np.random.default_rng([seed, 9])
+
+    @staticmethod
+    def wanted(config: TrainConfig) -> bool:
+        return bool(config.crop_frames or config.time_shift_frames or config.time_masks
+                    or config.freq_masks or config.mixup)
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lb: torch.Tensor):
+        """-> (x, lengths, y_other or None, lambda)."""
+        from serlib import augment
+
+        c, rng = self.config, self.rng
+        if lb is None:
+            lb = torch.full((len(yb),), xb.shape[-1], dtype=torch.int64, device=xb.device)
+        if c.crop_frames:
+            xb, lb = augment.random_crop(xb, lb, rng=rng, frames=c.crop_frames)
+        if c.time_shift_frames:
+            xb = augment.time_shift(xb, lb, rng=rng, max_frames=c.time_shift_frames)
+        if c.time_masks or c.freq_masks:
+            xb = augment.spec_augment(xb, lb, rng=rng, time_masks=c.time_masks,
+                                      time_mask_frames=c.time_mask_frames,
+                                      freq_masks=c.freq_masks, freq_mask_bins=c.freq_mask_bins)
+        y_other, lam = None, 1.0
+        if c.mixup:
+            xb, yb, y_other, lam, lb = augment.mixup(xb, yb, lb, rng=rng, alpha=c.mixup)
+        return xb.contiguous(memory_format=torch.channels_last), lb, y_other, lam
 
 
 @contextlib.contextmanager
@@ -165,32 +262,67 @@ def _autocast(device: torch.device, *, amp: bool = True):
                           enabled=amp and device.type == "cuda")
 
 
+def _forward(model, xb: torch.Tensor, lb: torch.Tensor | None, own_frames: bool):
+    return model(xb, lb) if own_frames else model(xb)
+
+
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, data: _Batches, *, batch_size: int,
-                  device: torch.device, amp: bool = True) -> np.ndarray:
+                  device: torch.device, amp: bool = True, crop_frames: int = 0) -> np.ndarray:
     """Softmax probabilities, shape (N, C), in the order of ``data`` (bf16 autocast on CUDA
-    when ``amp``)."""
+    when ``amp``). With ``crop_frames``, each clip's probabilities are the mean over the
+    half-overlapping windows of that many frames that cover its own frames."""
+    from serlib.augment import crop_starts
+
     model.eval()
     out = []
-    for xb, _ in data.batches(batch_size):
+    for xb, _, lb in data.iterate(batch_size):
+        if not crop_frames:
+            with _autocast(device, amp=amp):
+                logits = model(xb) if not data.own_frames else model(xb, lb)
+            out.append(torch.softmax(logits.float(), dim=-1).cpu())
+            continue
+        lengths = [xb.shape[-1]] * len(xb) if lb is None else lb.tolist()
+        windows, owner, own = [], [], []
+        for i, length in enumerate(lengths):
+            for start in crop_starts(length, crop_frames):
+                window = xb.new_zeros((*xb.shape[1:3], crop_frames))
+                n = min(crop_frames, length - start)
+                window[..., :n] = xb[i, :, :, start:start + n]
+                windows.append(window)
+                owner.append(i)
+                own.append(n)
+        xw = torch.stack(windows).contiguous(memory_format=torch.channels_last)
+        lw = torch.tensor(own, dtype=torch.int64, device=xb.device)
         with _autocast(device, amp=amp):
-            logits = model(xb)
-        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+            logits = model(xw) if not data.own_frames else model(xw, lw)
+        probs = torch.softmax(logits.float(), dim=-1).cpu()               # (n_windows, C)
+        owner_t = torch.tensor(owner)
+        total = torch.zeros(len(xb), probs.shape[1]).index_add_(0, owner_t, probs)
+        out.append(total / torch.bincount(owner_t, minlength=len(xb))[:, None])
     return torch.cat(out).numpy()
 
 
 def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: int,
-                    generator: torch.Generator, device: torch.device, amp: bool = True) -> float:
+                    generator: torch.Generator, device: torch.device, amp: bool = True,
+                    augment: _Augmenter | None = None, balanced: bool = False) -> float:
     """One pass over ``data`` in a seeded random order (bf16 autocast on CUDA when ``amp``);
-    returns the mean training loss."""
+    returns the mean training loss. ``balanced``: the epoch is
+    :meth:`_Batches.balanced_order` instead; ``augment``: applied to every batch."""
     model.train()
     # summed on the device and read once per epoch: no host sync per step on CUDA
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for xb, yb in data.batches(batch_size, generator=generator):
+    order = data.balanced_order(generator) if balanced else None
+    for xb, yb, lb in data.iterate(batch_size, generator=generator, order=order):
+        y_other = None
+        if augment is not None:
+            xb, lb, y_other, lam = augment(xb, yb, lb)
         with _autocast(device, amp=amp):
-            logits = model(xb)           # (B, C)
+            logits = _forward(model, xb, lb, data.own_frames)   # (B, C)
         loss = criterion(logits, yb)
+        if y_other is not None:
+            loss = lam * loss + (1 - lam) * criterion(logits, y_other)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -202,7 +334,8 @@ def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: 
 # ----------------------------------------------------------------------------- one fold
 def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
-               groups: np.ndarray | None = None, progress: bool = True) -> dict:
+               groups: np.ndarray | None = None, lengths: np.ndarray | None = None,
+               progress: bool = True) -> dict:
     """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
     evaluate on ``test_idx``.
 
@@ -217,6 +350,9 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         Speakers: when given, the validation part holds out whole speakers (speaker-disjoint
         model selection, as the session protocol's test folds are); else it is stratified over
         utterances.
+    lengths : np.ndarray of int, shape (N,), optional
+        Each clip's own frames (:func:`serlib.augment.clip_frames`), used by the recipe options
+        that need them (``config.needs_lengths``); default: every frame is the clip's.
 
     Returns
     -------
@@ -226,36 +362,64 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     """
     from tqdm import tqdm
 
+    from serlib.augment import utterance_normalise
+
     seed = config.seed * 1000 + fold
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     fit_idx, val_idx = validation_split(train_idx, labels, fraction=config.val_fraction,
                                         seed=seed, groups=groups)
-    mean, std = normalisation_stats(features[fit_idx])     # (F,), training part only
+    if not config.needs_lengths:
+        lengths = None                                      # the paper's recipe: every frame
+    elif lengths is None:
+        lengths = np.full(len(labels), features.shape[-1], dtype=np.int64)
+    else:
+        lengths = np.clip(np.asarray(lengths, dtype=np.int64), 1, features.shape[-1])
+        if lengths.shape != labels.shape:
+            raise SerlibError(f"lengths must be one per clip ({len(labels)}), got shape "
+                              f"{lengths.shape}")
+    if config.normalisation == "utterance":
+        # each clip by its own statistics; the checkpoint's corpus mean/std are the identity
+        n_bins = features.shape[1]
+        mean, std = np.zeros(n_bins, np.float32), np.ones(n_bins, np.float32)
+    else:                                                   # (F,), training part only
+        mean, std = normalisation_stats(
+            features[fit_idx], None if not config.own_frames else lengths[fit_idx])
 
-    def normalise(rows):
-        return (features[rows] - mean[None, :, None]) / std[None, :, None]
+    def batches(rows):
+        if config.normalisation == "utterance":
+            x = utterance_normalise(features[rows], lengths[rows])
+        else:
+            x = (features[rows] - mean[None, :, None]) / std[None, :, None]
+        return _Batches(x, labels[rows], device=device,
+                        lengths=None if lengths is None else lengths[rows],
+                        own_frames=config.own_frames)
 
-    fit = _Batches(normalise(fit_idx), labels[fit_idx], device=device)
-    val = _Batches(normalise(val_idx), labels[val_idx], device=device)
-    test = _Batches(normalise(test_idx), labels[test_idx], device=device)
+    fit, val, test = batches(fit_idx), batches(val_idx), batches(test_idx)
 
-    model = ResNet18(n_classes=len(PAPER_CLASSES), width=config.width)
+    model = ResNet18(n_classes=len(PAPER_CLASSES), width=config.width, pooling=config.pooling,
+                     dropout=config.dropout)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-                 if config.schedule == "cosine" else None)
-    criterion = _criterion(config)
+    scheduler = _scheduler(optimizer, config)
+    weights = None
+    if config.class_weights != "none":                      # from the fitting part only
+        weights = class_weights(labels[fit_idx], n_classes=len(PAPER_CLASSES),
+                                kind=config.class_weights, beta=config.beta).to(device)
+    criterion = _criterion(config, weights)
+    augment = _Augmenter(config, seed=seed) if _Augmenter.wanted(config) else None
 
     bar = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch",
                disable=not progress, leave=False)
     with _kernel_settings(device):
         history, best = _train_epochs(model, fit, val, bar, optimizer=optimizer,
                                       scheduler=scheduler, criterion=criterion, config=config,
-                                      generator=generator, device=device, fold=fold)
+                                      generator=generator, device=device, fold=fold,
+                                      augment=augment)
         model.load_state_dict(best["state"])
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
-                                      device=device, amp=config.amp)
+                                      device=device, amp=config.amp,
+                                      crop_frames=config.crop_frames)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
         "state": _to_cpu(best["state"]),
@@ -281,22 +445,25 @@ def _to_cpu(value):
 
 def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, scheduler, criterion,
                   config: TrainConfig, generator: torch.Generator, device: torch.device,
-                  fold: int) -> tuple[list[dict], dict]:
+                  fold: int, augment: _Augmenter | None = None) -> tuple[list[dict], dict]:
     """The epoch loop: train, score the validation part, keep the best epoch by validation UA,
-    stop after ``config.patience`` epochs without a better one."""
+    stop after ``config.patience`` epochs without a better one. ``select_epoch="last"``: the
+    final epoch's weights instead, and no early stop (the paper's fixed number of epochs)."""
     history, best = [], {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
+    last = config.select_epoch == "last"
     for epoch in bar:
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
                                      batch_size=config.batch_size, generator=generator,
-                                     device=device, amp=config.amp)
+                                     device=device, amp=config.amp, augment=augment,
+                                     balanced=config.sampler == "balanced")
         if not math.isfinite(train_loss):
             raise SerlibError(_non_finite_message(train_loss, config=config, fold=fold,
                                                   epoch=epoch))
         if scheduler is not None:
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
-                              amp=config.amp)
+                              amp=config.amp, crop_frames=config.crop_frames)
         # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
         val_y = val.y.cpu()
         val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), val_y))
@@ -306,12 +473,18 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
                         "val_loss": val_loss, "val_wa": report["wa"], "val_ua": report["ua"],
                         "lr": lr})
         bar.set_postfix(loss=f"{train_loss:.3f}", val_ua=f"{report['ua']:.3f}")
+        if last:
+            continue
         if report["ua"] > best["ua"]:
             best = {"ua": report["ua"], "epoch": epoch,
                     "state": copy.deepcopy(model.state_dict()),
                     "optimizer": copy.deepcopy(optimizer.state_dict())}
         elif config.patience and epoch - best["epoch"] >= config.patience:
             break
+    if last:
+        best = {"ua": history[-1]["val_ua"], "epoch": history[-1]["epoch"],
+                "state": copy.deepcopy(model.state_dict()),
+                "optimizer": copy.deepcopy(optimizer.state_dict())}
     return history, best
 
 
@@ -330,6 +503,7 @@ def _non_finite_message(loss: float, *, config: TrainConfig, fold: int, epoch: i
 def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: TrainConfig,
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           groups: np.ndarray | None = None,
+                          lengths: np.ndarray | None = None,
                           device: torch.device | str | None = None,
                           skip: set[int] | frozenset[int] = frozenset(),
                           on_fold_end=None, progress: bool = True) -> list[dict]:
@@ -347,6 +521,8 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
         (seeded with ``config.seed``). Required under the session protocol.
     groups : np.ndarray, shape (N,), optional
         Speakers, for a speaker-disjoint validation split (see :func:`train_fold`).
+    lengths : np.ndarray of int, shape (N,), optional
+        Each clip's own frames (see :func:`train_fold`).
     device : torch.device or str, optional
         Default: ``config.device`` resolved (``"auto"``: CUDA when available).
     skip : set of int
@@ -387,7 +563,8 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
         if fold in skip:
             continue
         result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
-                            device=device, groups=groups, progress=progress)
+                            device=device, groups=groups, lengths=lengths,
+                            progress=progress)
         predicted = result["probabilities"].argmax(axis=1)
         metrics = classification_report_dict(labels[test_idx], predicted,
                                              class_names=PAPER_CLASSES)
@@ -400,6 +577,20 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
 
 
 # ----------------------------------------------------------------------------- run folder
+def _clip_frames(selection: pd.DataFrame, feature_config, config: TrainConfig):
+    """Each clip's own frames from the selection's ``duration_s`` when ``config`` needs them."""
+    if not config.needs_lengths:
+        return None
+    if "duration_s" not in selection:
+        raise SerlibError("this recipe needs each clip's length: the selection lacks "
+                          "'duration_s' (write it with serlib select)")
+    from serlib.augment import clip_frames
+
+    return clip_frames(selection["duration_s"].to_numpy(), sample_rate=feature_config.sample_rate,
+                       hop_length=feature_config.hop_length,
+                       max_seconds=feature_config.max_seconds, n_frames=feature_config.n_frames)
+
+
 @dataclass
 class RunSetup:
     """Everything a run needs, checked before anything is written (:func:`prepare_run`).
@@ -497,13 +688,14 @@ def prepare_run(selection, *, config: TrainConfig) -> RunSetup:
         As for :func:`run_cross_validation`.
     config : TrainConfig
     """
-    from serlib.features import FeatureConfig
+    from serlib.features import feature_config_for
 
     if not isinstance(config, TrainConfig):
         raise SerlibError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = resolve_device(config.device)
     selection, selection_path = _prepare_selection(selection)
-    feature_config = FeatureConfig.preset(config.feature)
+    # the clip length the selection was made with (serlib select --max-seconds)
+    feature_config = feature_config_for(selection, config.feature)
     corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"
     labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
     # speaker-independent protocol: model selection on held-out speakers too
@@ -614,6 +806,8 @@ def train_folds(setup: RunSetup, features: np.ndarray, out_dir: str | os.PathLik
     skip = set(range(1, len(setup.folds) + 1)) - set(folds)
     cross_validate_arrays(features, setup.labels, config=setup.config, folds=setup.folds,
                           groups=setup.groups, device=device or setup.device, skip=skip,
+                          lengths=_clip_frames(setup.selection, setup.feature_config,
+                                               setup.config),
                           on_fold_end=save, progress=progress)
     return written
 
@@ -626,7 +820,8 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[Res
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         config = TrainConfig.from_dict(checkpoint["train_config"])
-        model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width)
+        model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width,
+                         pooling=config.pooling, dropout=config.dropout)
         model.load_state_dict(checkpoint["model"])
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
         raise SerlibError(f"{path}: not a loadable serlib checkpoint "

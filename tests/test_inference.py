@@ -287,3 +287,27 @@ def test_predict_command_refuses_an_unknown_output_format(tiny_run, recordings, 
     assert code == 2
     assert "p.xlsx" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "p.xlsx")
+
+
+def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_selection):
+    """A run trained on each clip's own frames (masked convolutions, mean+std pooling,
+    per-utterance normalisation) is predicted from its files exactly as training predicted."""
+    from serlib.inference import Predictor
+    from serlib.training import TrainConfig, run_cross_validation
+
+    config = TrainConfig(feature="mfcc", loss="focal", folds=2, epochs=1, width=4,
+                         batch_size=16, patience=0, device="cpu", own_frames=True,
+                         pooling="meanstd", normalisation="utterance")
+    run_dir = tmp_path / "own"
+    run_cross_validation(synthetic_selection, config=config, out_dir=run_dir, progress=False)
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    paths = synthetic_selection.set_index("utterance_id")["path"]
+    for fold in (1, 2):
+        predictor = Predictor.from_run(run_dir, folds=[fold])
+        rows = predictions[predictions["fold"] == fold].head(6)
+        for row in rows.itertuples():
+            got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities
+            want = [getattr(row, f"p_{c}") for c in predictor.class_names]
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(SerlibError, match="ONNX export supports"):
+        Predictor.from_run(run_dir).to_onnx(tmp_path / "m.onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(subparsers):
-    from serlib.config import TrainConfig
+    from serlib.config import CLASS_WEIGHTS, RECIPES, SAMPLERS, TrainConfig
 
     d = TrainConfig()
     parser = subparsers.add_parser(
@@ -31,6 +31,19 @@ def add_parser(subparsers):
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--patience", type=int, default=d.patience,
                         help="early stopping on validation UA (0: off)")
+    parser.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
+                        help="inverse: n / (C n_c); effective: Cui et al. with --beta; from "
+                        "each fold's training part (softmax: weighted CE; focal: its alpha)")
+    parser.add_argument("--beta", type=float, default=d.beta,
+                        help="effective-number beta (default 0.999)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+                        help="balanced: class-balanced draws with replacement each epoch")
+    parser.add_argument("--select-epoch", choices=("best", "last"), default=d.select_epoch,
+                        help="best: best validation UA (default); last: the final epoch, no "
+                        "early stop (the paper's fixed number of epochs)")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
+                        help="training recipe (serlib.config.RECIPES); flags left at their "
+                        "defaults take the recipe's values")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-amp", action="store_true",
@@ -44,7 +57,7 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    from serlib.config import TrainConfig
+    from serlib.config import RECIPES, TrainConfig
     from serlib.training import format_summary, run_cross_validation
 
     config = TrainConfig(
@@ -54,7 +67,14 @@ def run(args) -> int:
         optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
         patience=args.patience, seed=args.seed, device=args.device, amp=not args.no_amp,
         feature_dtype="float16" if args.float16 else "float32",
+        class_weights=args.class_weights, beta=args.beta, sampler=args.sampler,
+        select_epoch=args.select_epoch,
     )
+    default = TrainConfig()
+    given = config.to_dict()
+    recipe = {k: v for k, v in RECIPES[args.recipe].items()
+              if given[k] == getattr(default, k)}   # flags set to other values win
+    config = TrainConfig.from_dict({**given, **recipe})
     summary = run_cross_validation(args.selection, config=config, out_dir=args.out,
                                    cache_dir=args.cache, progress=not args.quiet)
     print(format_summary(summary))

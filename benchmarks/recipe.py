@@ -1,0 +1,161 @@
+"""The training recipe on EmoDB's five speaker-pair folds: screening on validation, final table.
+
+Two modes, both on ``manifest_folds.csv`` (``--protocol session --folds 5``):
+
+- ``--screen NAME ...``: train the named candidate recipes (:data:`CANDIDATES`) on every fold
+  and print only their VALIDATION UA (each fold's inner, speaker-disjoint validation split of
+  its training part, at the final epoch: every candidate trains a fixed number of epochs, so
+  the score is not a maximum over epochs). Test folds are never scored here.
+- ``--final``: the measured baselines, the paper's recipe and the chosen recipe
+  (``serlib.config.RECIPES["strong"]``) on the test folds: WA, UA, macro-F1, wall and process
+  CPU time, one row each.
+
+Run from the repository root (see benchmarks/README.md for the exact command and the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from serlib.augment import clip_frames  # noqa: E402
+from serlib.config import RECIPES, TrainConfig  # noqa: E402
+from serlib.corpora import load_manifest, select_utterances  # noqa: E402
+from serlib.features import FeatureConfig, extract_corpus  # noqa: E402
+from serlib.labels import PAPER_CLASSES  # noqa: E402
+from serlib.metrics import classification_report_dict  # noqa: E402
+from serlib.splits import make_folds  # noqa: E402
+from serlib.training import cross_validate_arrays  # noqa: E402
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "shared/data/emodb/manifest_folds.csv"
+COMMON = dict(feature="mfcc", protocol="session", folds=5, device="cpu", patience=0)
+
+#: Every recipe screened, in the order tried (fields over COMMON + the TrainConfig defaults).
+AUG = dict(time_masks=2, time_mask_frames=10, freq_masks=2, freq_mask_bins=4,
+           time_shift_frames=20)
+CANDIDATES: dict[str, dict] = {
+    # the issue's reference row: the paper recipe at width 16, 30 epochs (fixed epochs)
+    "paper-w16": dict(width=16, epochs=30, select_epoch="last"),
+    # the clip's own frames only (EmoDB: 87 of 259 frames, a third of the work per step)
+    "own-w16": dict(width=16, epochs=30, select_epoch="last", own_frames=True),
+    # + mean and std pooling (the statistics the logistic-regression baseline sees)
+    "own-w16-meanstd": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
+                            pooling="meanstd"),
+    # + SpecAugment, time shift, mixup, dropout
+    "own-w16-meanstd-aug": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
+                                pooling="meanstd", **AUG, mixup=0.4, dropout=0.3),
+    "own-w32-meanstd-aug": dict(width=32, epochs=30, select_epoch="last", own_frames=True,
+                                pooling="meanstd", **AUG, mixup=0.4, dropout=0.3),
+    # second round: width 32 without augmentation, and with the masks and shift only
+    "own-w32-meanstd": dict(width=32, epochs=30, select_epoch="last", own_frames=True,
+                            pooling="meanstd"),
+    "own-w32-meanstd-spec": dict(width=32, epochs=30, select_epoch="last", own_frames=True,
+                                 pooling="meanstd", **AUG),
+}
+
+
+def load(manifest: Path, cache: Path | None):
+    selection = select_utterances(load_manifest(manifest))
+    feature_config = FeatureConfig.preset("mfcc")
+    store = extract_corpus(selection, config=feature_config, cache_dir=cache, progress=False)
+    labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
+    lengths = clip_frames(selection["duration_s"].to_numpy(),
+                          sample_rate=feature_config.sample_rate,
+                          hop_length=feature_config.hop_length,
+                          max_seconds=feature_config.max_seconds,
+                          n_frames=feature_config.n_frames)
+    folds = make_folds(selection, protocol="session", n_folds=5, seed=0)
+    groups = selection["speaker"].astype(str).to_numpy()
+    return selection, store.features.astype(np.float32), labels, lengths, folds, groups
+
+
+def train(config: TrainConfig, features, labels, lengths, folds, groups) -> tuple[list, dict]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    results = cross_validate_arrays(features, labels, config=config, folds=folds, groups=groups,
+                                    lengths=lengths, progress=False)
+    return results, {"wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu}
+
+
+def validation_ua(results: list) -> float:
+    """Mean over folds of the validation UA at the epoch each fold kept."""
+    return float(np.mean([next(h["val_ua"] for h in r["history"] if h["epoch"] == r["best_epoch"])
+                          for r in results]))
+
+
+def test_row(results: list, labels) -> dict:
+    """Pooled over the five test folds."""
+    y = np.concatenate([labels[r["test_idx"]] for r in results])
+    p = np.concatenate([r["probabilities"].argmax(1) for r in results])
+    report = classification_report_dict(y, p, class_names=PAPER_CLASSES)
+    return {k: report[k] for k in ("wa", "ua", "macro_f1")}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--cache", type=Path, default=None, help="feature store folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--screen", nargs="+", choices=sorted(CANDIDATES), metavar="NAME")
+    mode.add_argument("--final", action="store_true")
+    parser.add_argument("--with-paper", action="store_true",
+                        help="--final: also the paper recipe at width 16 (6-s padded input, "
+                        "about 3x the strong recipe's time)")
+    args = parser.parse_args(argv)
+    if not args.manifest.is_file():
+        print(f"{args.manifest}: not found (the EmoDB copy beside the project)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    selection, features, labels, lengths, folds, groups = load(args.manifest, args.cache)
+    rows = []
+    if args.screen:
+        for name in args.screen:
+            config = TrainConfig(**{**COMMON, **CANDIDATES[name]})
+            results, cost = train(config, features, labels, lengths, folds, groups)
+            row = {"recipe": name, "val_ua": round(validation_ua(results), 4),
+                   **{k: round(v, 1) for k, v in cost.items()}}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        return 0
+    from serlib.baselines import fit_baseline_folds
+
+    for model in ("logreg", "egemaps-svm"):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            result = fit_baseline_folds(selection, model=model, folds=folds)
+        except ImportError as error:
+            print(json.dumps({"recipe": f"baseline {model}", "skipped": str(error)}))
+            continue
+        y = np.concatenate([labels[f["test_idx"]] for f in result])
+        p = np.concatenate([f["probabilities"].argmax(1) for f in result])
+        report = classification_report_dict(y, p, class_names=PAPER_CLASSES)
+        rows.append({"recipe": f"baseline {model}", "val_ua": None,
+                     **{k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")},
+                     "wall_s": round(time.perf_counter() - wall, 1),
+                     "cpu_s": round(time.process_time() - cpu, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    for name in ("paper-w16", "strong") if args.with_paper else ("strong",):
+        overrides = CANDIDATES[name] if name in CANDIDATES else RECIPES[name]
+        config = TrainConfig(**{**COMMON, **overrides})
+        results, cost = train(config, features, labels, lengths, folds, groups)
+        rows.append({"recipe": name, "val_ua": round(validation_ua(results), 4),
+                     **{k: round(v, 4) for k, v in test_row(results, labels).items()},
+                     **{k: round(v, 1) for k, v in cost.items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                      "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
