@@ -120,6 +120,10 @@ def run_fold_task(task: FoldTask) -> dict:
         return {"error": traceback.format_exc()}
 
 
+def _name_of(setups: dict, setup) -> str:
+    return next(name for name, s in setups.items() if s is setup)
+
+
 def _check_runs(runs) -> list[tuple[str, TrainConfig]]:
     runs = list(runs)
     if not runs:
@@ -172,7 +176,13 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
     from serlib import runs as run_folders
     from serlib.engines import make_engine
     from serlib.locking import exclusive_lock
-    from serlib.training import finish, finished_folds, load_features, prepare_run
+    from serlib.training import (
+        finish,
+        finished_folds,
+        load_features,
+        looks_finished,
+        prepare_run,
+    )
 
     runs = _check_runs(runs)
     if cache_dir is None:
@@ -191,6 +201,14 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
         if progress:
             tqdm.write(message, file=sys.stderr)
 
+    # 2. features once per feature config (every audio file checked here), before the locks:
+    # the feature pool's forked workers must not inherit them
+    seen = set()
+    for setup in setups.values():
+        key = (setup.config.feature, setup.config.feature_dtype)
+        if key not in seen and not looks_finished(setup, runs_dir / _name_of(setups, setup)):
+            seen.add(key)
+            load_features(setup, cache_dir=cache_dir, progress=progress)
     with contextlib.ExitStack() as stack:
         done: dict[str, dict[int, dict]] = {}
         has_config = {}
@@ -203,13 +221,13 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
             result.reused += len(done[name])
         todo = [(name, k) for name, setup in setups.items()
                 for k in range(1, len(setup.folds) + 1) if k not in done[name]]
-        # 2. features once per feature config (every audio file checked here)
-        seen = set()
-        for name, setup in setups.items():
+        missing = {(setups[n].config.feature, setups[n].config.feature_dtype)
+                   for n, _ in todo} - seen
+        for setup in setups.values():   # damaged since the first look (rare)
             key = (setup.config.feature, setup.config.feature_dtype)
-            if key not in seen and any(n == name for n, _ in todo):
-                seen.add(key)
-                load_features(setup, cache_dir=cache_dir, progress=progress)
+            if key in missing:
+                missing.discard(key)
+                load_features(setup, cache_dir=cache_dir, progress=progress, n_jobs=1)
         for name, setup in setups.items():
             if not has_config[name] and any(n == name for n, _ in todo):
                 run_folders.write_config(runs_dir / name, setup.resolved,

@@ -756,6 +756,18 @@ def finished_folds(setup: RunSetup, out_dir: str | os.PathLike) -> dict[int, dic
     return done
 
 
+def looks_finished(setup: RunSetup, out_dir: str | os.PathLike) -> bool:
+    """A first look, without the lock: does ``out_dir`` hold this run with every fold
+    finished? Raises when it holds another run; damaged folds are reported later."""
+    import warnings
+
+    if not Path(out_dir).is_dir() or not runs.check_config(out_dir, setup.resolved):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", runs.RunFolderWarning)
+        return len(finished_folds(setup, out_dir)) == len(setup.folds)
+
+
 def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict:
     """Write one finished fold (all four files at once); returns its metrics."""
     test_idx = setup.folds[fold - 1][1]
@@ -878,13 +890,19 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
 
     setup = prepare_run(selection, config=config)
     out_dir = Path(out_dir)
+    # features before the lock: the feature pool's forked workers must not inherit the lock
+    # (a worker outliving a killed parent would hold it)
+    features = None if looks_finished(setup, out_dir) else \
+        load_features(setup, cache_dir=cache_dir, progress=progress)
     with exclusive_lock(out_dir, what="run folder"):
         runs.remove_scratch(out_dir)
         has_config = runs.check_config(out_dir, setup.resolved)
         done = finished_folds(setup, out_dir) if has_config else {}
         todo = [k for k in range(1, len(setup.folds) + 1) if k not in done]
         if todo:
-            features = load_features(setup, cache_dir=cache_dir, progress=progress)
+            if features is None:   # damaged since the first look: read them now
+                features = load_features(setup, cache_dir=cache_dir, progress=progress,
+                                         n_jobs=1)
             if not has_config:
                 runs.write_config(out_dir, setup.resolved, device_type=setup.device.type)
             done.update(train_folds(setup, features, out_dir, folds=todo, progress=progress))
