@@ -57,8 +57,11 @@ def _profile_schema() -> dict:
     fields = {f.name: types.get(f.name, {"type": "integer"})
               for f in dataclasses.fields(TrainConfig)}
     training = {"type": "object", "properties": fields, "additionalProperties": False}
+    from serlib.config import RECIPES
+
     entry = {"type": "object", "required": ["feature", "loss"],
-             "properties": {**fields, "name": {"type": "string"}},
+             "properties": {**fields, "name": {"type": "string"},
+                            "recipe": {"enum": list(RECIPES)}},
              "additionalProperties": False}
     return {
         "type": "object",
@@ -75,6 +78,10 @@ def _profile_schema() -> dict:
             "grid": {"type": "array", "items": entry, "minItems": 1},
             "training": training,
             "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+            # serlib.studies (shape in its docstring; checked by expand_studies)
+            "studies": {"type": "object"},
+            # serlib.baselines models trained on the same folds as the runs
+            "baselines": {"type": "array", "items": {"enum": ["logreg", "egemaps-svm"]}},
             "engine": {"type": "object", "additionalProperties": False, "properties": {
                 "name": {"enum": ["local", "ray"]},
                 "jobs": {"type": ["integer", "null"], "minimum": 1},
@@ -112,6 +119,8 @@ class Profile:
     seeds: tuple[int, ...] | None = None            # one run per (entry, seed); None: training's
     engine: dict = field(default_factory=dict)      # name, jobs, jobs_per_gpu, address
     requires_data_root: bool = False
+    studies: dict = field(default_factory=dict)     # serlib.studies: leakage, imbalance
+    baselines: tuple[str, ...] = ()                 # serlib.baselines models, same folds
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> Profile:
@@ -144,6 +153,8 @@ class Profile:
             seeds=tuple(data["seeds"]) if data.get("seeds") else None,
             engine=dict(data.get("engine", {}) or {}),
             requires_data_root=data.get("requires_data_root", False),
+            studies=dict(data.get("studies", {}) or {}),
+            baselines=tuple(data.get("baselines", []) or []),
         )
         profile.validate(path)
         return profile
@@ -154,15 +165,20 @@ class Profile:
         The paper's four configurations under the shared settings and seed 0 keep the folder
         names ``<feature>_<loss>``; others get :func:`serlib.grid.run_name` slugs.
         """
-        from serlib.config import TrainConfig
+        from serlib.config import RECIPES, TrainConfig
         from serlib.grid import run_name
 
         seeds = self.seeds or (int(self.training.get("seed", 0)),)
         out = []
         for entry in self.grid:
-            overrides = {k: v for k, v in entry.items() if k != "name"}
+            overrides = {k: v for k, v in entry.items() if k not in ("name", "recipe")}
+            # a named recipe sits between the shared settings and the entry's own fields
+            recipe = RECIPES.get(entry.get("recipe", "paper"), {})
+            if "recipe" in entry and "name" not in entry:
+                entry = {**entry, "name": f"{entry['feature']}_{entry['loss']}_"
+                                          f"{entry['recipe']}"}
             for seed in seeds:
-                fields = {**self.training, **overrides, "seed": seed}
+                fields = {**self.training, **recipe, **overrides, "seed": seed}
                 if fields.get("alpha") is not None:
                     fields["alpha"] = tuple(float(a) for a in fields["alpha"])
                 config = TrainConfig(**fields)
@@ -175,6 +191,39 @@ class Profile:
                 out.append((name, config))
         return out
 
+    def study_runs(self) -> list[tuple[str, object]]:
+        """(run name, TrainConfig) of every run the profile's studies train
+        (:func:`serlib.studies.expand_studies`), in order; empty without studies."""
+        from serlib.config import TrainConfig
+        from serlib.studies import expand_studies
+
+        if not self.studies:
+            return []
+        seeds = self.seeds or (int(self.training.get("seed", 0)),)
+        out = []
+        for name, overrides in expand_studies(self.studies, base_training=self.training,
+                                              seeds=seeds):
+            fields = {**self.training, **overrides}
+            if fields.get("alpha") is not None:
+                fields["alpha"] = tuple(float(a) for a in fields["alpha"])
+            out.append((name, TrainConfig(**fields)))
+        return out
+
+    def all_runs(self) -> list[tuple[str, object]]:
+        """The grid's runs, then the studies' runs that the grid does not already train (a
+        run of the same name must be the same configuration)."""
+        runs = dict(self.runs())
+        out = list(runs.items())
+        for name, config in self.study_runs():
+            if name in runs:
+                if runs[name] != config:
+                    raise SerlibError(f"run {name!r} is both a grid entry and a study run "
+                                      "with different settings; rename the grid entry")
+                continue
+            runs[name] = config
+            out.append((name, config))
+        return out
+
     def validate(self, where: Path | str = "profile") -> None:
         from serlib.corpora.synthetic import SIZES
 
@@ -183,6 +232,7 @@ class Profile:
                               f"{', '.join(SIZES)}")
         try:
             runs = self.runs()   # building each TrainConfig validates every field, named
+            self.all_runs()      # and the studies' runs
         except TypeError as error:
             raise SerlibError(f"{where}: training: {error}") from None
         except SerlibError as error:
@@ -307,6 +357,17 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
             **training_parameters(config)}))
     plan.append(("06_results", "06_results", {"runs_dir": paths["runs"],
                                               "profile": profile.name}))
+    study = {"runs_dir": paths["runs"], "profile": profile.name, "studies": profile.studies,
+             "training": profile.training,
+             "seeds": list(profile.seeds or (int(profile.training.get("seed", 0)),)),
+             "alpha": 0.05, "n_resamples": 1000}
+    plan.append(("07_speaker_leakage", "07_speaker_leakage", study))
+    plan.append(("08_imbalance", "08_imbalance", study))
+    names = [name for name, _ in profile.runs()]
+    plan.append(("09_using_the_model", "09_using_the_model", {
+        "runs_dir": paths["runs"],
+        "run_name": "mfcc_focal" if "mfcc_focal" in names else names[0],
+        "data_root": paths["data_root"] or None}))
     return plan
 
 
@@ -346,17 +407,28 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
                      manifest: str | os.PathLike | None = None, corpus: str = "iemocap",
                      engine: str | None = None, jobs: int | None = None,
                      jobs_per_gpu: int | None = None, address: str | None = None,
-                     quiet: bool = False):
-    """Select (as the data chapter does), then train the profile's grid into ``out/runs``.
+                     studies: list[str] | None = None, quiet: bool = False):
+    """Select (as the data chapter does), then train the profile's grid, its studies' runs
+    and its baselines into ``out/runs``.
 
     Engine settings come from the profile's ``engine:`` block, each overridable here.
+    ``studies``: train only these studies of the profile (no grid entries, no baselines).
     Returns the :class:`serlib.grid.GridResult`.
     """
+    import dataclasses
+
     from serlib.corpora import load_corpus, load_manifest, select_utterances, write_selection
     from serlib.grid import run_grid
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
+    if studies:
+        unknown = sorted(set(studies) - set(profile.studies))
+        if unknown:
+            raise SerlibError(f"profile {profile.name!r} has no study {', '.join(unknown)} "
+                              f"(it has: {', '.join(profile.studies) or 'none'})")
+        profile = dataclasses.replace(profile, grid=(), baselines=(),
+                                      studies={k: profile.studies[k] for k in studies})
     out = Path(out_dir).resolve()
     data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
     paths = book_paths(out, data_root=data_root, manifest=manifest, corpus=corpus)
@@ -365,7 +437,17 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
     selection = select_utterances(table, **profile.selection)
     write_selection(selection, paths["selection"])
     settings = profile.engine
-    return run_grid(profile.runs(), selection=paths["selection"], cache_dir=paths["cache"],
+    protocol = profile.training.get("protocol", "stratified")
+    folds = int(profile.training.get("folds", 5))
+    for model in profile.baselines:
+        # measured on the same selection and folds as the runs (serlib.baselines)
+        from serlib.baselines import run_baseline
+
+        run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
+                     out_dir=Path(paths["runs"]) / f"baseline_{model}",
+                     seed=int(profile.training.get("seed", 0)), cache_dir=paths["cache"],
+                     progress=not quiet)
+    return run_grid(profile.all_runs(), selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),
                     jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None

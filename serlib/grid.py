@@ -134,8 +134,10 @@ def _check_runs(runs) -> list[tuple[str, TrainConfig]]:
                 and isinstance(item[1], TrainConfig)):
             raise SerlibError(f"grid run {item!r}: expected a (name, TrainConfig) pair")
         name = item[0]
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        # one folder level below the runs folder may group runs (``session/mfcc_focal``)
+        if not re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._+-]*/)?[A-Za-z0-9][A-Za-z0-9._+-]*", name):
             raise SerlibError(f"run name {name!r}: use letters, digits, '.', '_', '+', '-' "
+                              "(and at most one '/' for a group folder) "
                               "(it names the run folder)")
         if name in names:
             raise SerlibError(f"run name {name!r} appears twice in the grid")

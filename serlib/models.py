@@ -20,6 +20,9 @@ from torch import nn
 
 from serlib.errors import SerlibError
 
+#: Added to the variance of mean+std pooling before the square root (finite gradients).
+STD_EPS = 1e-5
+
 
 def downsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     """Valid positions after a stride-2 layer of this network (kernel 2p + 1, padding p):
@@ -136,7 +139,10 @@ class ResNet18(nn.Module):
             if self.pooling == "mean":
                 x = self.pool(x).flatten(1)  # (B, 8w)
             else:
-                x = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3), correction=0)], dim=1)
+                # eps inside the root: a channel that is zero everywhere (dead ReLU) would
+                # otherwise give sqrt(0), whose gradient is infinite (NaN loss)
+                std = (x.var(dim=(2, 3), correction=0) + STD_EPS).sqrt()
+                x = torch.cat([x.mean(dim=(2, 3)), std], dim=1)
             return self.fc(self.dropout(x))  # (B, n_classes)
         lengths = lengths.to(x.device).clamp(min=1, max=x.shape[-1])
         x = mask_time(x, lengths)
@@ -154,7 +160,7 @@ class ResNet18(nn.Module):
             x = mean                                           # (B, 8w)
         else:
             centred = mask_time(x - mean[:, :, None, None], lengths)
-            std = (centred.square().sum(dim=(2, 3)) / n).sqrt()
+            std = (centred.square().sum(dim=(2, 3)) / n + STD_EPS).sqrt()
             x = torch.cat([mean, std], dim=1)                  # (B, 16w)
         return self.fc(self.dropout(x))
 

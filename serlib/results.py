@@ -8,6 +8,9 @@ nothing is typed by hand.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -43,15 +46,35 @@ def provenance(run: Run, *, profile: str | None = None) -> str:
     return "; ".join(parts)
 
 
-def table1(runs: dict[tuple[str, str], Run]) -> pd.DataFrame:
-    """Table 1: the paper's baselines and models beside our two focal-loss models (WA, UA %)."""
+#: Row labels of the runs shown beside the paper's method (folder name -> label).
+BESIDE_LABELS = {
+    "mfcc_focal_strong": "Ours: MFCC + focal loss, strong recipe",
+    "baseline_logreg": "Baseline (measured): logistic regression on MFCC mean and std",
+    "baseline_egemaps-svm": "Baseline (measured): eGeMAPSv02 functionals + SVM",
+}
+
+
+def beside_runs(runs_dir: str | os.PathLike) -> dict[str, Run]:
+    """The finished runs of ``runs_dir`` shown beside the paper's method, by folder name:
+    the strong recipe (``mfcc_focal_strong``) and the measured baselines (``baseline_*``)."""
+    runs_dir = Path(runs_dir)
+    return {name: load_run(runs_dir / name) for name in BESIDE_LABELS
+            if (runs_dir / name / "summary.json").is_file()}
+
+
+def table1(runs: dict[tuple[str, str], Run], beside: dict[str, Run] | None = None
+           ) -> pd.DataFrame:
+    """Table 1: the paper's baselines and models beside our two focal-loss models (WA, UA %),
+    then the runs of ``beside`` (:func:`beside_runs`: strong recipe, measured baselines)."""
     rows = [{"model": r.model, "source": "paper" if r.kind == "paper" else "paper (baseline)",
              "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}"} for r in paper.TABLE1.itertuples()]
-    for feature, label in (("spectrogram", "Spectrogram"), ("mfcc", "MFCC")):
-        run = runs.get((feature, "focal"))
+    chosen = [(f"Ours: {label} + focal loss", runs.get((feature, "focal")))
+              for feature, label in (("spectrogram", "Spectrogram"), ("mfcc", "MFCC"))]
+    chosen += [(BESIDE_LABELS[name], run) for name, run in (beside or {}).items()]
+    for label, run in chosen:
         if run is not None:
             s = run.summary
-            rows.append({"model": f"Ours: {label} + focal loss", "source": "this build",
+            rows.append({"model": label, "source": "this build",
                          "WA": percent(s["wa_mean"], s["wa_std"]),
                          "UA": percent(s["ua_mean"], s["ua_std"])})
     return pd.DataFrame(rows).set_index("model")

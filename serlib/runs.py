@@ -173,6 +173,10 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
                   utterance_ids: list[str] | np.ndarray | None = None) -> dict | None:
     """The fold's metrics if every file of ``fold_<fold>`` loads, else None.
 
+    A missing fold folder returns None silently; a damaged one (a missing, empty, truncated
+    or inconsistent file) returns None with a :class:`RunFolderWarning` that names the file.
+    Never raises for what is on disk.
+
     Parameters
     ----------
     run_dir : path
@@ -180,10 +184,6 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
         1-based.
     utterance_ids : sequence of str, optional
         The fold's test utterances; ``predictions.csv`` must hold exactly these.
-
-    A missing fold folder returns None silently; a damaged one (a missing, empty, truncated
-    or inconsistent file) returns None with a :class:`RunFolderWarning` that names the file.
-    Never raises for what is on disk.
     """
     folder = fold_dir(run_dir, fold)
     if not folder.exists():

@@ -82,3 +82,20 @@ def test_equations_are_typeset(chromium, server, tmp_path):
     dom = browse(chromium, tmp_path, f"{server}/book/04_model_and_focal_loss.html",
                  "--dump-dom")
     assert "<mjx-container" in dom, "MathJax did not typeset the equations (offline?)"
+
+
+@pytest.mark.parametrize("page, must_show", [
+    ("book/07_speaker_leakage.html", ("session", "stratified")),
+    ("book/08_imbalance.html", ("class_weights", "gamma")),
+])
+def test_study_pages_show_their_tables_and_figures(chromium, server, tmp_path, page, must_show):
+    dom = browse(chromium, tmp_path, f"{server}/{page}", "--dump-dom")
+    assert dom.count("<table") >= 1, f"{page}: no table"
+    assert "<img" in dom, f"{page}: no figure"
+    for text in must_show:
+        assert text in dom, f"{page}: {text!r} not on the page"
+    assert any(word in dom for word in ("agrees", "contradicts", "inconclusive")), \
+        f"{page}: no verdict"
+    png = tmp_path / "study.png"
+    browse(chromium, tmp_path, f"{server}/{page}", f"--screenshot={png}")
+    assert_not_blank(png)

@@ -22,6 +22,12 @@ def add_parser(subparsers):
     source.add_argument("--data-root", default=None,
                         help="an IEMOCAP release (default: the built-in generated corpus)")
     source.add_argument("--manifest", default=None, help="a manifest CSV instead of IEMOCAP")
+    parser.add_argument("--corpus", default="iemocap", metavar="NAME",
+                        help="which corpus --data-root holds: iemocap (default), ravdess, "
+                        "crema-d, tess, savee, emodb or emovo")
+    parser.add_argument("--study", action="append", default=None, metavar="NAME",
+                        help="train only this study of the profile (leakage, imbalance; "
+                        "repeatable); default: the whole profile")
     parser.add_argument("--out", default="_build",
                         help="output folder: selection.csv, cache/, runs/ (default: _build); "
                         "on a cluster it must be on a filesystem every node sees")
@@ -43,7 +49,8 @@ def run(args) -> int:
     from serlib.book import run_profile_grid
 
     result = run_profile_grid(args.profile, out_dir=args.out, data_root=args.data_root,
-                              manifest=args.manifest, engine=args.engine, jobs=args.jobs,
+                              manifest=args.manifest, corpus=args.corpus,
+                              studies=args.study, engine=args.engine, jobs=args.jobs,
                               jobs_per_gpu=args.jobs_per_gpu, address=args.address,
                               quiet=args.quiet)
     for name, summary in result.summaries.items():
