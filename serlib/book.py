@@ -270,7 +270,9 @@ def stage_sources(staging: Path, profile: Profile, *, build_info: str) -> None:
     if staging.exists():
         shutil.rmtree(staging)
     shutil.copytree(BOOK_DIR, staging / "book", ignore=shutil.ignore_patterns(
-        "profiles", ".ipynb_checkpoints", "__pycache__"))
+        "profiles", "_static", ".ipynb_checkpoints", "__pycache__"))
+    # Jupyter Book includes every CSS file of <root>/_static (code wraps within the page)
+    shutil.copytree(BOOK_DIR / "_static", staging / "_static")
     shutil.copy(REPO_ROOT / "_config.yml", staging / "_config.yml")
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
     for part in toc["parts"]:

@@ -160,3 +160,43 @@ def fold_table(run: Run) -> pd.DataFrame:
              "train": m["n_train"], "val": m["n_val"], "test": m["n_test"]}
             for m in run.folds]
     return pd.DataFrame(rows).set_index("fold")
+
+
+def recall_change_table(softmax: Run, focal: Run) -> pd.DataFrame:
+    """Per-class recall (%) of MFCC + softmax and + focal loss, their change, and the paper's
+    change from its Table 2 to Table 3, with the test clips behind each class.
+
+    Returns
+    -------
+    DataFrame, one row per class (``PAPER_CLASSES`` order): ``softmax %``, ``focal %``,
+    ``change (points)``, ``paper change (points)``, ``test clips``.
+    """
+    rows = []
+    for k, name in enumerate(PAPER_CLASSES):
+        ours = [np.asarray(run.summary["confusion"], dtype=float) for run in (softmax, focal)]
+        recall = [100 * c[k, k] / c[k].sum() if c[k].sum() else np.nan for c in ours]
+        rows.append({"class": name, "softmax %": round(recall[0], 1),
+                     "focal %": round(recall[1], 1),
+                     "change (points)": round(recall[1] - recall[0], 1),
+                     "paper change (points)": round(float(paper.TABLE3.loc[name, name]
+                                                          - paper.TABLE2.loc[name, name]), 1),
+                     "test clips": int(ours[1][k].sum())})
+    return pd.DataFrame(rows).set_index("class")
+
+
+def plot_confusion_change(softmax: Run, focal: Run):
+    """Two heatmaps: focal minus softmax loss in row-normalised confusion (points), this
+    build's and the paper's (Table 3 minus Table 2)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
+    ours = confusion_table(focal).to_numpy() - confusion_table(softmax).to_numpy()
+    theirs = paper.TABLE3.to_numpy() - paper.TABLE2.to_numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
+    for ax, values, title in ((axes[0], ours, "this build"), (axes[1], theirs, "paper")):
+        sns.heatmap(pd.DataFrame(values, index=names, columns=names), annot=True, fmt="+.1f",
+                    vmin=-40, vmax=40, cmap="RdBu", center=0, cbar=False, square=True, ax=ax)
+        ax.set(title=f"focal minus softmax (points): {title}", xlabel="predicted",
+               ylabel="true")
+    return fig

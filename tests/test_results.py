@@ -84,3 +84,19 @@ def test_results_chapter_renders_from_runs(tmp_path):
     assert "Ours: MFCC + focal loss" in text and "Satt et al. (2017)" in text
     assert "not IEMOCAP results" in text  # generated-corpus results are labelled
     assert "profile: test" in text and "image/png" in text
+
+
+def test_recall_change_table_follows_the_confusions_and_the_paper(tmp_path):
+    from serlib import paper
+    from serlib.results import load_runs, recall_change_table
+
+    runs = load_runs(write_fake_grid(tmp_path / "runs"))
+    soft, focal = runs[("mfcc", "softmax")], runs[("mfcc", "focal")]
+    table = recall_change_table(soft, focal)
+    c_soft, c_focal = (np.asarray(r.summary["confusion"], float) for r in (soft, focal))
+    k = 1   # happiness
+    expected = 100 * (c_focal[k, k] / c_focal[k].sum() - c_soft[k, k] / c_soft[k].sum())
+    assert table.loc["happiness", "change (points)"] == round(expected, 1)
+    assert table.loc["happiness", "paper change (points)"] == round(52.0 - 25.2, 1)
+    assert table.loc["anger", "test clips"] == int(c_focal[3].sum())
+    assert list(table.index) == list(paper.TABLE2.index)
