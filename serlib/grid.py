@@ -219,7 +219,7 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
             stack.enter_context(exclusive_lock(run_dir, what="run folder"))
             run_folders.remove_scratch(run_dir)
             has_config[name] = run_folders.check_config(run_dir, setup.resolved)
-            done[name] = finished_folds(setup, run_dir) if has_config[name] else {}
+            done[name] = finished_folds(setup, run_dir)
             result.reused += len(done[name])
         todo = [(name, k) for name, setup in setups.items()
                 for k in range(1, len(setup.folds) + 1) if k not in done[name]]
@@ -231,7 +231,7 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
                 missing.discard(key)
                 load_features(setup, cache_dir=cache_dir, progress=progress, n_jobs=1)
         for name, setup in setups.items():
-            if not has_config[name] and any(n == name for n, _ in todo):
+            if not has_config[name]:
                 run_folders.write_config(runs_dir / name, setup.resolved,
                                          device_type=setup.device.type)
 

@@ -97,17 +97,23 @@ def _identity(config: dict) -> tuple:
 def read_config(run_dir: str | os.PathLike) -> dict | None:
     """``config.json`` of a run folder, or None when there is none yet.
 
-    Raises :class:`SerlibError` when it exists but does not parse (it is written atomically,
-    so that means someone else wrote it).
+    A damaged one (it is written atomically, so something else truncated it) is reported with
+    a :class:`RunFolderWarning` and taken as absent: it is written again, and each fold is
+    then trusted only if its checkpoint records the same training configuration.
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict) or "train" not in config:
+            raise ValueError("no 'train' section")
+        return config
     except (OSError, ValueError) as error:
-        raise SerlibError(f"{path}: unreadable run configuration ({error}); delete the run "
-                          "folder or use another one") from None
+        warnings.warn(f"{path}: damaged ({error}); it is written again and every fold is "
+                      "checked against its checkpoint's configuration", RunFolderWarning,
+                      stacklevel=2)
+        return None
 
 
 def check_config(run_dir: str | os.PathLike, resolved: dict) -> bool:
@@ -170,7 +176,8 @@ def _damaged(folder: Path, name: str, problem: str) -> None:
 
 
 def finished_fold(run_dir: str | os.PathLike, fold: int, *,
-                  utterance_ids: list[str] | np.ndarray | None = None) -> dict | None:
+                  utterance_ids: list[str] | np.ndarray | None = None,
+                  train_config: dict | None = None) -> dict | None:
     """The fold's metrics if every file of ``fold_<fold>`` loads, else None.
 
     A missing fold folder returns None silently; a damaged one (a missing, empty, truncated
@@ -184,6 +191,8 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
         1-based.
     utterance_ids : sequence of str, optional
         The fold's test utterances; ``predictions.csv`` must hold exactly these.
+    train_config : dict, optional
+        ``TrainConfig.to_dict()`` of the run; the checkpoint must record the same.
     """
     folder = fold_dir(run_dir, fold)
     if not folder.exists():
@@ -209,6 +218,9 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
         checkpoint = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
         if not isinstance(checkpoint, dict) or "model" not in checkpoint:
             raise ValueError("no model weights inside")
+        if train_config is not None and checkpoint.get("train_config") != train_config:
+            _damaged(folder, "checkpoint.pt", "was trained with another configuration")
+            return None
     except Exception as error:  # noqa: BLE001 - any failure to load means: train again
         _damaged(folder, "checkpoint.pt", f"does not load ({type(error).__name__}: "
                  f"{str(error)[:200]})")

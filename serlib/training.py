@@ -750,7 +750,8 @@ def finished_folds(setup: RunSetup, out_dir: str | os.PathLike) -> dict[int, dic
     :func:`serlib.runs.finished_fold`), by fold number."""
     done = {}
     for k in range(1, len(setup.folds) + 1):
-        metrics = runs.finished_fold(out_dir, k, utterance_ids=setup.test_ids(k))
+        metrics = runs.finished_fold(out_dir, k, utterance_ids=setup.test_ids(k),
+                                     train_config=setup.config.to_dict())
         if metrics is not None:
             done[k] = metrics
     return done
@@ -761,11 +762,12 @@ def looks_finished(setup: RunSetup, out_dir: str | os.PathLike) -> bool:
     finished? Raises when it holds another run; damaged folds are reported later."""
     import warnings
 
-    if not Path(out_dir).is_dir() or not runs.check_config(out_dir, setup.resolved):
+    if not Path(out_dir).is_dir():
         return False
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():   # damage is reported by the look under the lock
         warnings.simplefilter("ignore", runs.RunFolderWarning)
-        return len(finished_folds(setup, out_dir)) == len(setup.folds)
+        return runs.check_config(out_dir, setup.resolved) and \
+            len(finished_folds(setup, out_dir)) == len(setup.folds)
 
 
 def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict:
@@ -897,14 +899,14 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
     with exclusive_lock(out_dir, what="run folder"):
         runs.remove_scratch(out_dir)
         has_config = runs.check_config(out_dir, setup.resolved)
-        done = finished_folds(setup, out_dir) if has_config else {}
+        # folds are checked against their checkpoints' config too (config.json may be damaged)
+        done = finished_folds(setup, out_dir)
         todo = [k for k in range(1, len(setup.folds) + 1) if k not in done]
+        if todo and features is None:   # damaged since the first look: read them now
+            features = load_features(setup, cache_dir=cache_dir, progress=progress, n_jobs=1)
+        if not has_config:
+            runs.write_config(out_dir, setup.resolved, device_type=setup.device.type)
         if todo:
-            if features is None:   # damaged since the first look: read them now
-                features = load_features(setup, cache_dir=cache_dir, progress=progress,
-                                         n_jobs=1)
-            if not has_config:
-                runs.write_config(out_dir, setup.resolved, device_type=setup.device.type)
             done.update(train_folds(setup, features, out_dir, folds=todo, progress=progress))
         return finish(setup, out_dir, done)
 

@@ -97,6 +97,7 @@ def test_damaged_fold_files_are_named_and_retrained(finished, tones, tmp_path, m
     checkpoint = damaged / "fold_1" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])           # truncated
     (damaged / "fold_2" / "metrics.json").write_text("")             # empty
+    (damaged / "config.json").write_text('{"train": ')                # truncated
     with pytest.raises(SerlibError, match="checkpoint.pt: not a loadable serlib checkpoint"):
         load_checkpoint(checkpoint)
 
@@ -113,6 +114,8 @@ def test_damaged_fold_files_are_named_and_retrained(finished, tones, tmp_path, m
     messages = " ".join(str(w.message) for w in record)
     assert "fold_1/checkpoint.pt: does not load" in messages
     assert "fold_2/metrics.json: does not parse" in messages
+    assert "config.json: damaged" in messages
+    assert json.loads((damaged / "config.json").read_text())["train"] == CONFIG.to_dict()
     assert calls == [1, 2]
     assert again["folds"] == summary["folds"]                        # CPU: bit-identical
 
@@ -207,3 +210,37 @@ def test_two_processes_on_one_folder_one_trains_the_other_is_told(tones, tmp_pat
     assert json.loads((out / "summary.json").read_text())["gamma"] == gamma
     assert {json.loads((out / f"fold_{k}" / "metrics.json").read_text())["fold"]
             for k in (1, 2)} == {1, 2}
+
+
+@pytest.mark.slow
+def test_cv_killed_at_random_moments_and_damaged_ends_like_an_uninterrupted_run(tones,
+                                                                                finished,
+                                                                                tmp_path):
+    import random
+    import signal
+
+    _, uninterrupted = finished
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "serlib", *cv_args(tones, out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    for _ in range(4):
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=rng.uniform(2.0, 12.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        files = [p for p in out.rglob("*") if p.is_file() and p.name != ".lock"]
+        if files:
+            victim = rng.choice(sorted(files))
+            data = victim.read_bytes()
+            victim.write_bytes(data[:rng.randrange(max(len(data), 1))])   # truncated
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["folds"] == uninterrupted["folds"]
+    assert summary["wa_mean"] == uninterrupted["wa_mean"]
+    assert not [p for p in out.rglob(".*") if p.name != ".lock"]      # no scratch left
