@@ -469,7 +469,7 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
     Parameters
     ----------
     profile : str or Profile
-        ``smoke`` (generated corpus, CPU, 2 to 6 minutes on 2 cores), ``paper`` (real IEMOCAP,
+        ``smoke`` (generated corpus, CPU, about 10 minutes on 2 cores), ``paper`` (real IEMOCAP,
         width 64, one GPU), ``tiny`` (tests) or a YAML path.
     out_dir : path
         Build folder: data, selection, feature cache, runs, staging and ``html``.

@@ -14,22 +14,36 @@ from serlib.cli import main
 from serlib.errors import SerlibError
 
 PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
-         "05_training_overview", "06_results", "10_api"] + [
-    f"05_training_{f}_{loss}" for f, loss in PAPER_GRID]
+         "05_training_overview", "06_results", "07_speaker_leakage", "08_imbalance",
+         "09_using_the_model", "10_api"] + [
+    f"05_training_{f}_{loss}" for f, loss in PAPER_GRID] + ["05_training_mfcc_focal_strong"]
 
 
 @pytest.mark.parametrize("name", ["smoke", "paper", "tiny"])
 def test_shipped_profiles_are_valid(name):
     profile = Profile.load(name)
-    # the paper's four keep their folder names
-    assert [run for run, _ in profile.runs()] == [f"{f}_{loss}" for f, loss in PAPER_GRID]
+    # the paper's four keep their folder names; the strong recipe is one more row
+    names = [run for run, _ in profile.runs()]
+    seeds = profile.seeds or (0,)
+    first_seed = names[::len(seeds)]
+    assert first_seed == [f"{f}_{loss}" for f, loss in PAPER_GRID] + ["mfcc_focal_strong"]
     assert profile.requires_data_root == (name == "paper")
+    # every profile trains both studies and the logistic-regression baseline
+    assert set(profile.studies) == {"leakage", "imbalance"}
+    assert "logreg" in profile.baselines
+    study = [run for run, _ in profile.all_runs() if run.startswith("session/")]
+    assert any("class_weights-inverse" in run for run in study)
 
 
 def test_real_profile_is_speaker_independent():
     profile = Profile.load("real")
-    assert profile.requires_data_root and profile.grid == PAPER_GRID
-    assert (profile.training["protocol"], profile.training["folds"]) == ("session", 5)
+    assert profile.requires_data_root
+    assert [(g["feature"], g["loss"]) for g in profile.grid[:4]] == list(PAPER_GRID)
+    # Tables 1-4 under the paper's protocol; the leakage study trains the same grid
+    # speaker-independently
+    assert (profile.training["protocol"], profile.training["folds"]) == ("stratified", 5)
+    session = [run for run, config in profile.all_runs() if config.protocol == "session"]
+    assert {f"session/{f}_{loss}" for f, loss in PAPER_GRID} <= set(session)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -116,7 +130,8 @@ def test_staging_expands_training_pages(tmp_path):
     training = [c for part in toc["parts"] for c in part["chapters"]
                 if c["file"] == "book/05_training_overview"][0]
     assert [s["file"] for s in training["sections"]] == [
-        f"book/05_training_{f}_{loss}" for f, loss in PAPER_GRID]
+        f"book/05_training_{f}_{loss}" for f, loss in PAPER_GRID] + [
+        "book/05_training_mfcc_focal_strong"]
     assert (tmp_path / "staging" / "book" / "build_info.md").read_text() == "built here\n"
     assert not (tmp_path / "staging" / "book" / "profiles").exists()
 
@@ -127,7 +142,12 @@ def test_staging_expands_training_pages(tmp_path):
     emodb = chapter_plan(profile, {"data_root": "/d", "manifest": "", "corpus": "emodb",
                                    "selection": "/s.csv", "cache": "/c", "runs": "/r"})
     assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
-    assert pages[0] == "02_data_selection" and pages[-1] == "06_results"
+    assert pages[0] == "02_data_selection"
+    assert pages[-4:] == ["06_results", "07_speaker_leakage", "08_imbalance",
+                          "09_using_the_model"]
+    study = plan[-2][2]
+    assert study["studies"] == profile.studies and study["runs_dir"] == "/r"
+    assert plan[-1][2]["run_name"] == "mfcc_focal" and plan[-1][2]["data_root"] == "/d"
     mfcc_focal = next(p for _, page, p in plan if page == "05_training_mfcc_focal")
     assert mfcc_focal["run_dir"] == "/r/mfcc_focal" and mfcc_focal["epochs"] == 1
 
