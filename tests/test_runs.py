@@ -67,7 +67,7 @@ def test_session_protocol_with_one_speaker_is_refused_before_writing(tones, tmp_
     selection.to_csv(csv, index=False)
     out = tmp_path / "run"
     assert main(cv_args(csv, out, "--protocol", "session")) == 2
-    assert "needs at least n_folds=2 speakers, got 1" in capsys.readouterr().err
+    assert "has 1 speaker(s)" in capsys.readouterr().err
     assert not (out / "config.json").exists()
 
 
