@@ -60,12 +60,27 @@ CANDIDATES: dict[str, dict] = {
                             pooling="meanstd"),
     "own-w32-meanstd-spec": dict(width=32, epochs=30, select_epoch="last", own_frames=True,
                                  pooling="meanstd", **AUG),
+    # third round (a new session): per-utterance normalisation, a longer schedule with smaller
+    # batches at width 16, the log-mel spectrogram instead of MFCCs
+    "own-w32-meanstd-spec-utt": dict(width=32, epochs=30, select_epoch="last", own_frames=True,
+                                     pooling="meanstd", **AUG, normalisation="utterance"),
+    "own-w16-meanstd-spec-e60-b16": dict(width=16, epochs=60, batch_size=16,
+                                         select_epoch="last", own_frames=True,
+                                         pooling="meanstd", **AUG),
+    "mel-own-w16-meanstd-spec": dict(feature="spectrogram", width=16, epochs=30,
+                                     select_epoch="last", own_frames=True, pooling="meanstd",
+                                     **{**AUG, "freq_mask_bins": 12}),
+    # an ensemble of networks per fold (mean probabilities), against one of them alone
+    "own-w16-meanstd-spec": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
+                                 pooling="meanstd", **AUG),
+    "own-w16-meanstd-spec-x4": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
+                                    pooling="meanstd", **AUG, ensemble=4),
 }
 
 
-def load(manifest: Path, cache: Path | None):
+def load(manifest: Path, cache: Path | None, feature: str = "mfcc"):
     selection = select_utterances(load_manifest(manifest))
-    feature_config = FeatureConfig.preset("mfcc")
+    feature_config = FeatureConfig.preset(feature)
     store = extract_corpus(selection, config=feature_config, cache_dir=cache, progress=False)
     labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
     lengths = clip_frames(selection["duration_s"].to_numpy(),
@@ -116,11 +131,19 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    selection, features, labels, lengths, folds, groups = load(args.manifest, args.cache)
+    loaded = {}
+
+    def data(feature: str):
+        if feature not in loaded:
+            loaded[feature] = load(args.manifest, args.cache, feature)
+        return loaded[feature]
+
+    selection, features, labels, lengths, folds, groups = data("mfcc")
     rows = []
     if args.screen:
         for name in args.screen:
             config = TrainConfig(**{**COMMON, **CANDIDATES[name]})
+            _, features, labels, lengths, folds, groups = data(config.feature)
             results, cost = train(config, features, labels, lengths, folds, groups)
             row = {"recipe": name, "val_ua": round(validation_ua(results), 4),
                    **{k: round(v, 1) for k, v in cost.items()}}
@@ -147,6 +170,7 @@ def main(argv=None) -> int:
     for name in ("paper-w16", "strong") if args.with_paper else ("strong",):
         overrides = CANDIDATES[name] if name in CANDIDATES else RECIPES[name]
         config = TrainConfig(**{**COMMON, **overrides})
+        _, features, labels, lengths, folds, groups = data(config.feature)
         results, cost = train(config, features, labels, lengths, folds, groups)
         rows.append({"recipe": name, "val_ua": round(validation_ua(results), 4),
                      **{k: round(v, 4) for k, v in test_row(results, labels).items()},

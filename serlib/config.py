@@ -90,6 +90,9 @@ class TrainConfig:
     dropout: float = 0.0           # dropout before the linear head
     label_smoothing: float = 0.0   # targets (1 - e) one-hot + e / C
     warmup_epochs: int = 0         # linear learning-rate warm-up before the schedule
+    ensemble: int = 1              # > 1: that many networks per fold, initialised apart and
+                                   # trained side by side on the same batches (each on its own
+                                   # loss); predictions are their mean probabilities
 
     def __post_init__(self):
         checks = {
@@ -130,6 +133,7 @@ class TrainConfig:
             "dropout": 0 <= self.dropout < 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "warmup_epochs": _count(self.warmup_epochs) and self.warmup_epochs < self.epochs,
+            "ensemble": _count(self.ensemble) and self.ensemble >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -10,10 +10,13 @@ Beyond the paper (off by default): ``lengths`` (each clip's own number of frames
 network ignore padding: activations past a clip's end are zeroed before every convolution and
 the global pooling averages the clip's own positions only, so that a clip gives the same output
 however much padding follows it. ``pooling="meanstd"`` pools mean and standard deviation;
-``dropout`` acts before the head.
+``dropout`` acts before the head. :class:`Ensemble` averages the probabilities of several
+such networks (the strong recipe's ``ensemble``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -163,6 +166,49 @@ class ResNet18(nn.Module):
             std = (centred.square().sum(dim=(2, 3)) / n + STD_EPS).sqrt()
             x = torch.cat([mean, std], dim=1)                  # (B, 16w)
         return self.fc(self.dropout(x))
+
+
+class Ensemble(nn.Module):
+    """Several networks of the same inputs, whose prediction is their mean probability.
+
+    ``forward`` returns the log of the members' mean softmax probabilities, shape
+    (B, n_classes): valid logits (``softmax(log p) = p``), so that everything that takes a
+    model's logits takes an ensemble's. :meth:`member_logits` gives each member's own logits
+    (training trains every member on its own loss).
+
+    Parameters
+    ----------
+    members : sequence of nn.Module
+        At least two networks with the same ``forward(x, lengths=None)``.
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise SerlibError(f"an Ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    def member_logits(self, x: torch.Tensor, lengths: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Each member's logits, shape (M, B, n_classes)."""
+        return torch.stack([m(x) if lengths is None else m(x, lengths) for m in self.members])
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """log(mean over members of softmax(logits)), shape (B, n_classes)."""
+        log_probs = torch.log_softmax(self.member_logits(x, lengths).float(), dim=-1)
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.members))
+
+
+def build_model(*, n_classes: int, width: int, pooling: str = "mean", dropout: float = 0.0,
+                members: int = 1) -> nn.Module:
+    """A :class:`ResNet18`, or an :class:`Ensemble` of ``members`` of them (initialised one
+    after the other from torch's random state)."""
+    if not isinstance(members, int) or members < 1:
+        raise SerlibError(f"members={members!r} must be a positive integer")
+    nets = [ResNet18(n_classes=n_classes, width=width, pooling=pooling, dropout=dropout)
+            for _ in range(members)]
+    return nets[0] if members == 1 else Ensemble(nets)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -36,7 +36,7 @@ from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
 from serlib.losses import class_weights, focal_loss
 from serlib.metrics import classification_report_dict
-from serlib.models import ResNet18
+from serlib.models import Ensemble, ResNet18, build_model
 from serlib.splits import make_folds, validation_split
 
 
@@ -319,14 +319,18 @@ def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: 
         if augment is not None:
             xb, lb, y_other, lam = augment(xb, yb, lb)
         with _autocast(device, amp=amp):
-            logits = _forward(model, xb, lb, data.own_frames)   # (B, C)
-        loss = criterion(logits, yb)
+            if isinstance(model, Ensemble):                      # (M, B, C): one per member
+                logits = model.member_logits(xb, lb if data.own_frames else None)
+            else:
+                logits = _forward(model, xb, lb, data.own_frames)[None]   # (1, B, C)
+        # each member on its own loss (parameters are disjoint: the sum trains each as alone)
+        loss = sum(criterion(member, yb) for member in logits)
         if y_other is not None:
-            loss = lam * loss + (1 - lam) * criterion(logits, y_other)
+            loss = lam * loss + (1 - lam) * sum(criterion(member, y_other) for member in logits)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach().double() * len(yb)
+        total += loss.detach().double() * len(yb) / len(logits)   # per member
         count += len(yb)
     return float(total) / max(count, 1)
 
@@ -397,8 +401,8 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
 
     fit, val, test = batches(fit_idx), batches(val_idx), batches(test_idx)
 
-    model = ResNet18(n_classes=len(PAPER_CLASSES), width=config.width, pooling=config.pooling,
-                     dropout=config.dropout)
+    model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
+                        pooling=config.pooling, dropout=config.dropout, members=config.ensemble)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
     scheduler = _scheduler(optimizer, config)
@@ -826,7 +830,8 @@ def train_folds(setup: RunSetup, features: np.ndarray, out_dir: str | os.PathLik
     return written
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[ResNet18, dict]:
+def load_checkpoint(path: str | os.PathLike, *, map_location="cpu"
+                    ) -> tuple[ResNet18 | Ensemble, dict]:
     """A fold's model with its best weights, and the whole checkpoint (``weights_only``).
 
     Raises :class:`SerlibError` naming the file when it does not load.
@@ -834,8 +839,9 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu") -> tuple[Res
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         config = TrainConfig.from_dict(checkpoint["train_config"])
-        model = ResNet18(n_classes=len(checkpoint["class_names"]), width=config.width,
-                         pooling=config.pooling, dropout=config.dropout)
+        model = build_model(n_classes=len(checkpoint["class_names"]), width=config.width,
+                            pooling=config.pooling, dropout=config.dropout,
+                            members=config.ensemble)
         model.load_state_dict(checkpoint["model"])
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
         raise SerlibError(f"{path}: not a loadable serlib checkpoint "

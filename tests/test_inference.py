@@ -239,6 +239,23 @@ def test_onnx_description_holds_features_normalisation_and_classes(tiny_run, onn
                                    checkpoint["std"].numpy())
 
 
+def test_ensemble_run_exports_to_onnx(synthetic_selection, tmp_path):
+    """An ensemble per fold (mean probabilities of its members) exports and predicts alike."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    config = TrainConfig(feature="mfcc", loss="focal", folds=2, epochs=1, width=4,
+                         batch_size=16, patience=0, device="cpu", ensemble=2)
+    run_dir = tmp_path / "ensemble"
+    run_cross_validation(synthetic_selection, config=config, out_dir=run_dir, progress=False)
+    path = tmp_path / "ensemble.onnx"
+    assert main(["export", "--run", str(run_dir), "--onnx", str(path)]) == 0
+    paths = list(synthetic_selection["path"][:6])
+    want = Predictor.from_run(run_dir)
+    features = np.stack([extract_file(p, config=want.feature_config) for p in paths])
+    np.testing.assert_allclose(Predictor.from_onnx(path).predict_features(features),
+                               want.predict_features(features), atol=1e-4, rtol=0)
+
+
 def test_onnx_needs_its_description(onnx_model, tmp_path):
     lone = tmp_path / "lone.onnx"
     shutil.copy(onnx_model, lone)
@@ -289,15 +306,17 @@ def test_predict_command_refuses_an_unknown_output_format(tiny_run, recordings, 
     assert not os.path.exists(tmp_path / "p.xlsx")
 
 
-def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_selection):
+@pytest.mark.parametrize("ensemble", [1, 2])
+def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_selection, ensemble):
     """A run trained on each clip's own frames (masked convolutions, mean+std pooling,
-    per-utterance normalisation) is predicted from its files exactly as training predicted."""
+    per-utterance normalisation; one network or an ensemble per fold) is predicted from its
+    files exactly as training predicted."""
     from serlib.inference import Predictor
     from serlib.training import TrainConfig, run_cross_validation
 
     config = TrainConfig(feature="mfcc", loss="focal", folds=2, epochs=1, width=4,
                          batch_size=16, patience=0, device="cpu", own_frames=True,
-                         pooling="meanstd", normalisation="utterance")
+                         pooling="meanstd", normalisation="utterance", ensemble=ensemble)
     run_dir = tmp_path / "own"
     run_cross_validation(synthetic_selection, config=config, out_dir=run_dir, progress=False)
     predictions = pd.read_csv(run_dir / "predictions.csv")

@@ -15,7 +15,7 @@ from serlib import augment
 from serlib.config import RECIPES, TrainConfig
 from serlib.errors import SerlibError
 from serlib.losses import class_weights, focal_loss
-from serlib.models import ResNet18
+from serlib.models import Ensemble, ResNet18, build_model
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_recipe_reference.json"
 CPU = torch.device("cpu")
@@ -165,7 +165,7 @@ RECIPE_OPTIONS = [
                                                                       freq_mask_bins=2),
     dict(time_shift_frames=2), dict(mixup=0.4), dict(dropout=0.5), dict(label_smoothing=0.1),
     dict(warmup_epochs=1), dict(class_weights="inverse"), dict(class_weights="effective"),
-    dict(sampler="balanced"), dict(select_epoch="last"),
+    dict(sampler="balanced"), dict(select_epoch="last"), dict(ensemble=2),
 ]
 
 
@@ -183,6 +183,44 @@ def test_each_option_trains_deterministically_and_changes_the_run(option):
     paper = fold(base, features, labels, lengths=lengths)
     assert first["history"] != paper["history"] or not np.array_equal(
         first["probabilities"], paper["probabilities"])
+
+
+def test_ensemble_predicts_the_mean_probability_of_its_members():
+    torch.manual_seed(0)
+    single = build_model(n_classes=4, width=2, members=1)
+    assert type(single) is ResNet18
+    torch.manual_seed(0)
+    model = build_model(n_classes=4, width=2, pooling="meanstd", members=3).eval()
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    x, lengths = torch.randn(5, 1, 6, 8), torch.tensor([8, 7, 5, 3, 1])
+    with torch.no_grad():
+        for lb in (None, lengths):
+            members = model.member_logits(x, lb)                        # (3, 5, 4)
+            assert members.shape == (3, 5, 4)
+            assert not torch.equal(members[0], members[1])            # initialised apart
+            want = torch.softmax(members, dim=-1).mean(0)
+            torch.testing.assert_close(torch.softmax(model(x, lb), dim=-1), want)
+    with pytest.raises(SerlibError, match="at least 2 members"):
+        Ensemble([single])
+    with pytest.raises(SerlibError, match="ensemble"):
+        TrainConfig(ensemble=0)
+
+
+def test_ensemble_fold_trains_each_member_as_alone():
+    """Members share the batches but not their parameters: the first member of a 2-member
+    ensemble, whose initialisation is the single network's, ends where the single one does
+    (the sum of the members' losses has the same gradient for each member's weights)."""
+    features, labels = arrays()
+    # the final epoch's weights (the best epoch by validation could differ between the two)
+    base = TrainConfig(folds=2, epochs=2, width=2, batch_size=8, device="cpu",
+                       select_epoch="last")
+    single = fold(base, features, labels)
+    pair = fold(TrainConfig(**{**base.to_dict(), "ensemble": 2}), features, labels)
+    first = {k[len("members.0."):]: v for k, v in pair["state"].items()
+             if k.startswith("members.0.")}
+    assert first.keys() == single["state"].keys()
+    for name, value in single["state"].items():
+        torch.testing.assert_close(first[name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_select_epoch_last_keeps_the_final_epoch():
