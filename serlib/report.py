@@ -17,7 +17,7 @@ from serlib import paper
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
-from serlib.results import Run, load_run
+from serlib.results import Run, load_run, percent
 from serlib.stats import Comparison, compare_pooled, compare_runs, pooled_interval, verdict
 from serlib.studies import StudyRow
 
@@ -263,6 +263,66 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict, *, clai
             f"alpha = {alpha:g}, {round(100 * c.level)} % speaker-bootstrap intervals.")
 
 
+# ----------------------------------------------------------------------------- recipes
+def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: float = 0.05,
+                      n_resamples: int = 1000, seed: int = 0,
+                      labels: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The paper's recipe, the strong recipe and the measured baselines side by side.
+
+    Parameters
+    ----------
+    reference : Run or None
+        The paper's recipe on this build's corpus (``mfcc_focal``).
+    beside : dict of str to Run
+        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder.
+    labels : dict of str to str, optional
+        Row names by folder (default: the folder names).
+
+    Returns
+    -------
+    (pd.DataFrame, list of str)
+        One row per run (WA, UA as mean ± std over folds, macro-F1, in %), and markdown bullet
+        sentences: each run against the paper's recipe (paired over the same utterances, or
+        "not paired" with the reason when the folds differ), the strong recipe against each
+        baseline, and which run has the highest UA.
+    """
+    labels = labels or {}
+    named = ([("paper recipe (mfcc_focal)", reference)] if reference is not None else []) + [
+        (labels.get(folder, folder), run) for folder, run in beside.items()]
+    rows, sentences = [], []
+    for name, run in named:
+        s = run.summary
+        rows.append({"run": name, "WA %": percent(s["wa_mean"], s["wa_std"]),
+                     "UA %": percent(s["ua_mean"], s["ua_std"]),
+                     "macro-F1 %": round(100 * s["macro_f1_mean"], 1)})
+
+    def paired(a: Run, b: Run, name: str, claim: str) -> str:
+        try:
+            comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed)
+        except SerlibError as error:      # folds differ: never paired
+            return f"- **{name}** is not paired: {error}"
+        v = verdict(comparison, direction=1, alpha=alpha)
+        return "- " + verdict_sentence(name, comparison, v, claim=claim, alpha=alpha)
+
+    for folder, run in beside.items():
+        if reference is not None:
+            sentences.append(paired(reference, run, labels.get(folder, folder),
+                                    "it beats the paper's recipe"))
+    strong = {f: r for f, r in beside.items() if not f.startswith("baseline_")}
+    baselines = {f: r for f, r in beside.items() if f.startswith("baseline_")}
+    for sf, srun in strong.items():
+        for bf, brun in baselines.items():
+            sentences.append(paired(brun, srun, f"{labels.get(sf, sf)} against "
+                                    f"{labels.get(bf, bf)}", "it beats the baseline"))
+    if rows:
+        best = max(named, key=lambda item: item[1].summary["ua_mean"])
+        sentences.append(f"- Highest mean UA over folds here: **{best[0]}** "
+                         f"({100 * best[1].summary['ua_mean']:.1f} %); whether that lead is "
+                         "more than chance is what the paired tests above say.")
+    table = pd.DataFrame(rows, columns=["run", "WA %", "UA %", "macro-F1 %"]).set_index("run")
+    return table, sentences
+
+
 __all__ = [
     "compare_rows",
     "gamma_curve",
@@ -273,6 +333,7 @@ __all__ = [
     "per_speaker_table",
     "plot_gamma_curve",
     "plot_per_speaker",
+    "recipe_comparison",
     "remedy_table",
     "speaker_genders",
     "verdict_sentence",

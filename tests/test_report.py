@@ -91,3 +91,35 @@ def test_minority_shift_against_the_papers(runs_dir):
     assert table.index[0].startswith("paper")
     assert table.loc["focal, gamma 2", "Δ hap"] > 0          # the fake focal runs boost it
     assert np.isfinite(table["Δ ang"].astype(float)).all()
+
+
+def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
+    from serlib.report import recipe_comparison
+    from serlib.results import load_run
+    from tests.stats_runs import assign_folds, predict, utterances, write_run
+
+    table = utterances(seed=1)
+    same = assign_folds(table, protocol="session")
+    made = {}
+    for i, (name, accuracy, folds) in enumerate([
+            ("mfcc_focal", 0.45, same), ("mfcc_focal_strong", 0.95, same),
+            ("baseline_logreg", 0.65, same),
+            ("baseline_egemaps-svm", 0.7, assign_folds(table, protocol="stratified"))]):
+        write_run(tmp_path / name, table, folds, predict(table, accuracy=accuracy, seed=i),
+                  loss="focal")
+        made[name] = load_run(tmp_path / name)
+    reference = made.pop("mfcc_focal")
+    frame, sentences = recipe_comparison(reference, made, n_resamples=200,
+                                         labels={"mfcc_focal_strong": "strong"})
+    assert list(frame.index) == ["paper recipe (mfcc_focal)", "strong", "baseline_logreg",
+                                 "baseline_egemaps-svm"]
+    strong_ua = 100 * made["mfcc_focal_strong"].summary["ua_mean"]
+    assert frame.loc["strong", "UA %"].startswith(f"{strong_ua:.1f} ±")
+    text = "\n".join(sentences)
+    # against the paper's recipe: the strong recipe and logreg are paired and better
+    assert "**strong** agrees with the claim that it beats the paper's recipe" in text
+    # the strong recipe against each baseline; a baseline on other folds is never paired
+    assert ("**strong against baseline_logreg** agrees with the claim that it beats the "
+            "baseline") in text
+    assert "**strong against baseline_egemaps-svm** is not paired" in text
+    assert sentences[-1].startswith("- Highest mean UA over folds here: **strong**")
