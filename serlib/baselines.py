@@ -39,6 +39,7 @@ import pandas as pd
 
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES
+from serlib.runs import read_run_csv
 
 #: Baseline models and their parameters.
 BASELINES: dict[str, dict] = {
@@ -256,7 +257,7 @@ def write_baseline_run(out_dir: str | os.PathLike, *, results: list[dict], selec
         atomic_write_json(folder / "metrics.json", metrics)     # last: the fold is done
         fold_metrics.append(metrics)
     for name in ("predictions.csv", "history.csv"):
-        frames = [pd.read_csv(out_dir / f"fold_{r['fold']}" / name) for r in results]
+        frames = [read_run_csv(out_dir / f"fold_{r['fold']}" / name) for r in results]
         with atomic_path(out_dir / name) as tmp:
             pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
     corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"

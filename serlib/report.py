@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from serlib import paper
+from serlib._io import read_text_csv
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
@@ -118,7 +119,7 @@ def speaker_genders(run: Run) -> dict[str, str]:
     speakers = run.predictions["speaker"].astype(str).unique()
     path = ((run.config or {}).get("selection") or {}).get("path")
     if path and Path(path).is_file():
-        selection = pd.read_csv(path)
+        selection = read_text_csv(path, what="selection CSV")
         if {"speaker", "gender"} <= set(selection):
             known = selection.drop_duplicates("speaker").set_index("speaker")["gender"]
             return {s: str(known.get(s, "?")) for s in speakers}

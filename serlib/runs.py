@@ -57,6 +57,16 @@ PREDICTION_COLUMNS = ("utterance_id", "fold", "speaker", "label", "predicted",
                       *(f"p_{name}" for name in PAPER_CLASSES))
 
 
+#: Columns of a run's CSV files that are text: read as strings (speaker "03" stays "03").
+TEXT_COLUMNS = {"utterance_id": str, "speaker": str, "label": str, "predicted": str}
+
+
+def read_run_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A run folder's ``predictions.csv`` or ``history.csv``: text columns as strings, no NA
+    guessing (an utterance or speaker named ``NA`` stays itself)."""
+    return pd.read_csv(path, dtype=TEXT_COLUMNS, keep_default_na=False)
+
+
 class RunFolderWarning(UserWarning):
     """A fold on disk is damaged or incomplete and will be trained again."""
 
@@ -227,7 +237,7 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
         return None
     for name in ("predictions.csv", "history.csv"):
         try:
-            table = pd.read_csv(folder / name, keep_default_na=False)
+            table = read_run_csv(folder / name)
         except (OSError, ValueError) as error:
             _damaged(folder, name, f"does not parse ({error})")
             return None
@@ -288,7 +298,7 @@ def finish_run(run_dir: str | os.PathLike, fold_metrics: list[dict], *, config, 
     n_folds = len(fold_metrics)
     # cheap, and keeps them consistent after a resume
     for name in ("predictions.csv", "history.csv"):
-        frames = [pd.read_csv(fold_dir(run_dir, k) / name, keep_default_na=False)
+        frames = [read_run_csv(fold_dir(run_dir, k) / name)
                   for k in range(1, n_folds + 1)]
         with atomic_path(run_dir / name) as tmp:
             pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
@@ -375,7 +385,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     tables = {}
     for name in ("predictions.csv", "history.csv"):
         try:
-            tables[name] = pd.read_csv(run_dir / name, keep_default_na=False)
+            tables[name] = read_run_csv(run_dir / name)
         except (OSError, ValueError) as error:
             raise SerlibError(f"{run_dir}: {name} does not parse ({error})") from None
     return Run(path=run_dir, summary=summary, config=config, folds=folds,
@@ -403,8 +413,8 @@ def load_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], Run]:
 
 
 __all__ = [
-    "FOLD_FILES", "METRIC_KEYS", "PREDICTION_COLUMNS", "RUN_FILES", "Run", "RunFolderWarning",
-    "check_config", "environment_versions", "finish_run", "finished_fold", "fold_dir",
-    "load_run", "load_runs", "read_config", "remove_scratch", "summarise", "write_config",
-    "write_fold",
+    "FOLD_FILES", "METRIC_KEYS", "PREDICTION_COLUMNS", "RUN_FILES", "TEXT_COLUMNS", "Run",
+    "RunFolderWarning", "check_config", "environment_versions", "finish_run", "finished_fold",
+    "fold_dir", "load_run", "load_runs", "read_config", "read_run_csv", "remove_scratch",
+    "summarise", "write_config", "write_fold",
 ]

@@ -56,20 +56,24 @@ def test_cv_no_amp_is_recorded(synthetic_selection, tmp_path, capsys):
     assert config["train"]["amp"] is False
 
 
-def write_wav_selection(folder, *, n_speakers=6, per_speaker=8, sr=16000):
+def write_wav_selection(folder, *, n_speakers=6, per_speaker=8, sr=16000, speakers=None,
+                        genders=None):
     """A hand-written selection CSV over short WAV files (tones whose pitch depends on the
-    class), without sessions, like a manifest corpus."""
+    class), without sessions, like a manifest corpus. ``speakers`` (names, default
+    ``spk0``...) and ``genders`` (one per speaker, default: no gender column)."""
+    speakers = speakers or [f"spk{s}" for s in range(n_speakers)]
     rng = np.random.default_rng(0)
     rows = []
     t = np.arange(int(0.4 * sr)) / sr
-    for s in range(n_speakers):
+    for s, speaker in enumerate(speakers):
         for i in range(per_speaker):
             label = PAPER_CLASSES[i % 4]
             y = 0.3 * np.sin(2 * np.pi * 200 * (1 + i % 4) * t) + 0.01 * rng.normal(size=t.size)
-            path = folder / f"spk{s}_{i}.wav"
+            path = folder / f"{speaker}_{i}.wav"
             sf.write(path, y.astype(np.float32), sr, subtype="PCM_16")
-            rows.append({"utterance_id": f"spk{s}_{i}", "path": str(path), "session": None,
-                         "speaker": f"spk{s}", "label": label, "corpus": "manifest:tones"})
+            rows.append({"utterance_id": f"{speaker}_{i}", "path": str(path), "session": None,
+                         "speaker": speaker, "label": label, "corpus": "manifest:tones",
+                         **({"gender": genders[s]} if genders else {})})
     csv = folder / "selection.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv

@@ -50,6 +50,25 @@ def cv_args(selection, out, *extra):
             "2", "--batch-size", "8", "--out", str(out), "--quiet", "--device", "cpu", *extra]
 
 
+def test_speaker_names_that_look_like_numbers_stay_text(tmp_path):
+    """EmoDB's speakers are "03", "08", ...: the run folder keeps them (not 3, 8) and the
+    per-speaker table finds their genders in the selection."""
+    from serlib.report import per_speaker_table
+
+    selection = write_wav_selection(tmp_path, speakers=["03", "08", "09", "10", "NA", "16"],
+                                    genders=list("MFFMFM"))
+    out = tmp_path / "run"
+    config = TrainConfig(**{**CONFIG.to_dict(), "protocol": "session"})
+    run_cross_validation(selection, config=config, out_dir=out, progress=False)
+    run = load_run(out)
+    assert set(run.predictions["speaker"]) == {"03", "08", "09", "10", "NA", "16"}
+    on_disk = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert set(on_disk["speaker"]) == set(run.predictions["speaker"])
+    table = per_speaker_table([run])
+    assert table["gender"].to_dict() == {"03": "M", "08": "F", "09": "F", "10": "M", "16": "M",
+                                         "NA": "F"}
+
+
 # ----------------------------------------------------------------------------- finding 1
 @pytest.mark.parametrize("bad", [["--device", "foo"], ["--device", "mps"], ["--folds", "100"],
                                  ["--protocol", "session", "--folds", "7"]])
