@@ -7,6 +7,8 @@ same augmented batches on every run and device; none touches torch's global rand
 - SpecAugment masks (Park et al., Interspeech 2019): time and frequency bands set to zero
   (the mean of the normalised features) inside each clip's own frames;
 - a random circular time shift of each clip's own frames;
+- a random stretch of the frequency axis (:func:`freq_warp`), akin to vocal tract length
+  perturbation (Jaitly & Hinton, 2013): another speaker's formants, for log-mel inputs;
 - random crops of a fixed window in training, and the half-overlapping windows that cover a
   clip at test time (:func:`crop_starts`);
 - mixup (Zhang et al., ICLR 2018): convex combinations of two clips and of their losses;
@@ -117,6 +119,42 @@ def time_shift(x: torch.Tensor, lengths: torch.Tensor, *, rng: np.random.Generat
         if shift % length:
             x[i, :, :, :length] = torch.roll(x[i, :, :, :length], shifts=shift, dims=-1)
     return x
+
+
+def freq_warp(x: torch.Tensor, *, rng: np.random.Generator, max_stretch: float
+              ) -> torch.Tensor:
+    """Each clip's frequency axis stretched by a factor ``a`` drawn uniformly from
+    ``[1 - max_stretch, 1 + max_stretch]``, anchored at the lowest bin: output bin ``f`` takes
+    the (linearly interpolated) input at bin ``f / a``; bins past the top repeat the top bin.
+
+    Time is untouched (frames, and so each clip's padding, stay where they are). Meant for
+    mel spectrograms, whose bins are ordered by frequency; an MFCC's rows are not.
+
+    Parameters
+    ----------
+    x : torch.Tensor, shape (B, C, F, T)
+    max_stretch : float
+        In [0, 1); 0.1 = up to 10 % higher or lower formants.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, C, F, T)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not 0 <= max_stretch < 1:
+        raise SerlibError(f"max_stretch={max_stretch!r} must be in [0, 1)")
+    if max_stretch == 0:
+        return x                                          # exactly the identity
+    a = torch.as_tensor(rng.uniform(1 - max_stretch, 1 + max_stretch, size=len(x)),
+                        dtype=x.dtype, device=x.device)                          # (B,)
+    theta = torch.zeros(len(x), 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = 1                                    # time (grid x): identity
+    theta[:, 1, 1] = 1 / a                                # frequency (grid y): y / a ...
+    theta[:, 1, 2] = 1 / a - 1                            # ... anchored at y = -1 (bin 0)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def random_crop(x: torch.Tensor, lengths: torch.Tensor, *, rng: np.random.Generator,

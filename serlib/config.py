@@ -86,6 +86,8 @@ class TrainConfig:
     freq_masks: int = 0            # SpecAugment frequency masks per clip ...
     freq_mask_bins: int = 0        # ... each up to this many bins (mel bands or MFCCs) wide
     time_shift_frames: int = 0     # random circular shift of a clip's own frames, up to +-this
+    freq_warp: float = 0.0         # > 0: frequency axis stretched by a factor in [1 -+ this]
+                                   # (vocal-tract-length-like; for spectrogram inputs)
     mixup: float = 0.0             # > 0: mixup with lambda ~ Beta(mixup, mixup)
     dropout: float = 0.0           # dropout before the linear head
     label_smoothing: float = 0.0   # targets (1 - e) one-hot + e / C
@@ -129,6 +131,7 @@ class TrainConfig:
             "freq_masks": _count(self.freq_masks),
             "freq_mask_bins": _count(self.freq_mask_bins),
             "time_shift_frames": _count(self.time_shift_frames),
+            "freq_warp": _finite(self.freq_warp) and 0 <= self.freq_warp < 1,
             "mixup": self.mixup >= 0,
             "dropout": 0 <= self.dropout < 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,

@@ -195,8 +195,8 @@ class _Batches:
 
 class _Augmenter:
     """The training-time augmentations ``config`` asks for (:mod:`serlib.augment`), in the
-    order crop, time shift, SpecAugment, mixup, drawn from one numpy generator seeded with the
-    fold's seed (torch's random state is left alone)."""
+    order crop, time shift, frequency warp, SpecAugment, mixup, drawn from one numpy generator
+    seeded with the fold's seed (torch's random state is left alone)."""
 
     def __init__(self, config: TrainConfig, *, seed: int):
         self.config = config
@@ -205,7 +205,7 @@ class _Augmenter:
     @staticmethod
     def wanted(config: TrainConfig) -> bool:
         return bool(config.crop_frames or config.time_shift_frames or config.time_masks
-                    or config.freq_masks or config.mixup)
+                    or config.freq_masks or config.mixup or config.freq_warp)
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, lb: torch.Tensor):
         """-> (x, lengths, y_other or None, lambda)."""
@@ -218,6 +218,8 @@ class _Augmenter:
             xb, lb = augment.random_crop(xb, lb, rng=rng, frames=c.crop_frames)
         if c.time_shift_frames:
             xb = augment.time_shift(xb, lb, rng=rng, max_frames=c.time_shift_frames)
+        if c.freq_warp:
+            xb = augment.freq_warp(xb, rng=rng, max_stretch=c.freq_warp)
         if c.time_masks or c.freq_masks:
             xb = augment.spec_augment(xb, lb, rng=rng, time_masks=c.time_masks,
                                       time_mask_frames=c.time_mask_frames,

@@ -93,7 +93,7 @@ def seeded_batch():
     return x, lengths
 
 
-@pytest.mark.parametrize("name", ["spec", "shift", "crop", "mixup"])
+@pytest.mark.parametrize("name", ["spec", "shift", "crop", "mixup", "warp"])
 def test_augmentations_are_deterministic_with_a_seed(name):
     x, lengths = seeded_batch()
     y = torch.arange(6) % 4
@@ -107,6 +107,8 @@ def test_augmentations_are_deterministic_with_a_seed(name):
             return augment.time_shift(x, lengths, rng=rng, max_frames=5)
         if name == "crop":
             return augment.random_crop(x, lengths, rng=rng, frames=10)[0]
+        if name == "warp":
+            return augment.freq_warp(x, rng=rng, max_stretch=0.2)
         return augment.mixup(x, y, lengths, rng=rng, alpha=0.4)[0]
 
     first, again, other = apply(0), apply(0), apply(1)
@@ -132,6 +134,26 @@ def test_augmentations_keep_the_padding_and_the_clip():
     assert crop.shape == (6, 1, 10, 10)
     assert crop_lengths.tolist() == [10, 10, 10, 8, 10, 3]
     torch.testing.assert_close(crop[5, ..., :3], x[5, ..., :3])
+
+
+def test_freq_warp_stretches_the_frequency_axis_only():
+    # a ramp over the bins (value = bin index) in each clip's first 7 frames, silence after
+    x = torch.zeros(3, 1, 41, 12)
+    x[:, :, :, :7] = torch.arange(41.0)[:, None]
+    rng = np.random.default_rng(3)
+    factors = np.random.default_rng(3).uniform(0.8, 1.2, size=3)   # the draws it makes
+    warped = augment.freq_warp(x, rng=rng, max_stretch=0.2)
+    for i, a in enumerate(factors):
+        # output bin f holds the input at bin f / a (the top bin past the top)
+        want = torch.minimum(torch.arange(41.0) / a, torch.tensor(40.0))
+        torch.testing.assert_close(warped[i, 0, :, :7], want[:, None].expand(41, 7),
+                                   atol=1e-4, rtol=0)
+        assert torch.count_nonzero(warped[i, ..., 7:]) == 0      # silence stays silence
+    assert torch.equal(augment.freq_warp(x, rng=rng, max_stretch=0.0), x)
+    with pytest.raises(SerlibError, match="max_stretch=1.5"):
+        augment.freq_warp(x, rng=rng, max_stretch=1.5)
+    with pytest.raises(SerlibError, match="freq_warp"):
+        TrainConfig(freq_warp=-0.1)
 
 
 def test_crop_windows_cover_the_clip():
@@ -163,7 +185,8 @@ RECIPE_OPTIONS = [
     dict(own_frames=True), dict(pooling="meanstd"), dict(normalisation="utterance"),
     dict(crop_frames=5), dict(time_masks=1, time_mask_frames=2), dict(freq_masks=1,
                                                                       freq_mask_bins=2),
-    dict(time_shift_frames=2), dict(mixup=0.4), dict(dropout=0.5), dict(label_smoothing=0.1),
+    dict(time_shift_frames=2), dict(freq_warp=0.2), dict(mixup=0.4), dict(dropout=0.5),
+    dict(label_smoothing=0.1),
     dict(warmup_epochs=1), dict(class_weights="inverse"), dict(class_weights="effective"),
     dict(sampler="balanced"), dict(select_epoch="last"), dict(ensemble=2),
 ]
