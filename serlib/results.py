@@ -46,20 +46,32 @@ def provenance(run: Run, *, profile: str | None = None) -> str:
     return "; ".join(parts)
 
 
-#: Row labels of the runs shown beside the paper's method (folder name -> label).
-BESIDE_LABELS = {
-    "mfcc_focal_strong": "Ours: MFCC + focal loss, strong recipe",
+#: Row labels of the measured baselines shown beside the paper's method (folder -> label).
+BASELINE_LABELS = {
     "baseline_logreg": "Baseline (measured): logistic regression on MFCC mean and std",
     "baseline_egemaps-svm": "Baseline (measured): eGeMAPSv02 functionals + SVM",
 }
+_FEATURE_NAMES = {"spectrogram": "Spectrogram", "mfcc": "MFCC"}
 
 
 def beside_runs(runs_dir: str | os.PathLike) -> dict[str, Run]:
     """The finished runs of ``runs_dir`` shown beside the paper's method, by folder name:
-    the strong recipe (``mfcc_focal_strong``) and the measured baselines (``baseline_*``)."""
+    those of the strong recipe (``<feature>_<loss>_strong``, as a profile names them), then
+    the measured baselines (:data:`BASELINE_LABELS`)."""
     runs_dir = Path(runs_dir)
-    return {name: load_run(runs_dir / name) for name in BESIDE_LABELS
+    strong = sorted(p.parent.name for p in runs_dir.glob("*_strong/summary.json"))
+    return {name: load_run(runs_dir / name) for name in [*strong, *BASELINE_LABELS]
             if (runs_dir / name / "summary.json").is_file()}
+
+
+def beside_label(name: str, run: Run) -> str:
+    """The row label of a :func:`beside_runs` run: ``"Ours: Spectrogram + focal loss, strong
+    recipe"`` (from its summary) or the baseline's :data:`BASELINE_LABELS` entry."""
+    if name in BASELINE_LABELS:
+        return BASELINE_LABELS[name]
+    s = run.summary
+    feature = _FEATURE_NAMES.get(s.get("feature"), str(s.get("feature")))
+    return f"Ours: {feature} + {s.get('loss')} loss, strong recipe"
 
 
 def table1(runs: dict[tuple[str, str], Run], beside: dict[str, Run] | None = None
@@ -70,7 +82,7 @@ def table1(runs: dict[tuple[str, str], Run], beside: dict[str, Run] | None = Non
              "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}"} for r in paper.TABLE1.itertuples()]
     chosen = [(f"Ours: {label} + focal loss", runs.get((feature, "focal")))
               for feature, label in (("spectrogram", "Spectrogram"), ("mfcc", "MFCC"))]
-    chosen += [(BESIDE_LABELS[name], run) for name, run in (beside or {}).items()]
+    chosen += [(beside_label(name, run), run) for name, run in (beside or {}).items()]
     for label, run in chosen:
         if run is not None:
             s = run.summary
