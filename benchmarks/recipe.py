@@ -78,9 +78,10 @@ CANDIDATES: dict[str, dict] = {
            ("", 30, {}), ("-e60", 60, {}), ("-utt", 30, {"normalisation": "utterance"}))
        if (w, tag) != (16, "")},
     # + a random stretch of the frequency axis (vocal-tract-length-like speaker variety)
-    **{f"mel-own-w16-meanstd-spec-warp{w:g}": dict(
-        feature="spectrogram", width=16, epochs=30, select_epoch="last", own_frames=True,
-        pooling="meanstd", **{**AUG, "freq_mask_bins": 12}, freq_warp=w) for w in (0.1, 0.2)},
+    **{f"mel-own-w{width}-meanstd-spec-warp{w:g}": dict(
+        feature="spectrogram", width=width, epochs=30, select_epoch="last", own_frames=True,
+        pooling="meanstd", **{**AUG, "freq_mask_bins": 12}, freq_warp=w)
+       for width in (16, 24, 32) for w in (0.1, 0.2)},
     # an ensemble of networks per fold (mean probabilities), against one of them alone
     "own-w16-meanstd-spec": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
                                  pooling="meanstd", **AUG),

@@ -11,7 +11,7 @@ network ignore padding: activations past a clip's end are zeroed before every co
 the global pooling averages the clip's own positions only, so that a clip gives the same output
 however much padding follows it. ``pooling="meanstd"`` pools mean and standard deviation;
 ``dropout`` acts before the head. :class:`Ensemble` averages the probabilities of several
-such networks (the strong recipe's ``ensemble``).
+such networks (``TrainConfig.ensemble``).
 """
 
 from __future__ import annotations
