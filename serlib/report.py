@@ -301,7 +301,10 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         try:
             comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed)
         except SerlibError as error:      # folds differ: never paired
-            return f"- **{name}** is not paired: {error}"
+            reason = str(error)
+            for run in (a, b):            # the folder names, not the build's paths
+                reason = reason.replace(str(run.path), run.path.name)
+            return f"- **{name}** is not paired: {reason}"
         v = verdict(comparison, direction=1, alpha=alpha)
         return "- " + verdict_sentence(name, comparison, v, claim=claim, alpha=alpha)
 

@@ -100,10 +100,12 @@ class Comparison:
 
 # ----------------------------------------------------------------------------- inputs
 def run_seed(run: Run) -> int:
-    """The seed a run was trained with (``config.json`` ``train.seed``, else ``summary.seed``)."""
-    train = (run.config or {}).get("train") or {}
-    if "seed" in train:
-        return int(train["seed"])
+    """The seed a run was trained with (``config.json`` ``train.seed``, or ``baseline.seed``
+    for a :mod:`serlib.baselines` run, else ``summary.seed``)."""
+    config = run.config or {}
+    for section in ("train", "baseline"):
+        if "seed" in (config.get(section) or {}):
+            return int(config[section]["seed"])
     if "seed" in run.summary:
         return int(run.summary["seed"])
     raise SerlibError(f"{run.path}: config.json has no train.seed and summary.json no seed; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import matplotlib
 import numpy as np
 import pytest
@@ -108,6 +110,10 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
         write_run(tmp_path / name, table, folds, predict(table, accuracy=accuracy, seed=i),
                   loss="focal")
         made[name] = load_run(tmp_path / name)
+    # a baseline's folder records its seed as serlib.baselines writes it
+    config = tmp_path / "baseline_logreg" / "config.json"
+    config.write_text(json.dumps({"baseline": {"model": "logreg", "seed": 0}}))
+    made["baseline_logreg"] = load_run(tmp_path / "baseline_logreg")
     reference = made.pop("mfcc_focal")
     frame, sentences = recipe_comparison(reference, made, n_resamples=200,
                                          labels={"mfcc_focal_strong": "strong"})
@@ -122,4 +128,6 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
     assert ("**strong against baseline_logreg** agrees with the claim that it beats the "
             "baseline") in text
     assert "**strong against baseline_egemaps-svm** is not paired" in text
+    assert str(tmp_path) not in text                     # folder names, not build paths
+    assert "cannot pair baseline_egemaps-svm with mfcc_focal_strong" in text
     assert sentences[-1].startswith("- Highest mean UA over folds here: **strong**")
