@@ -70,18 +70,15 @@ CANDIDATES: dict[str, dict] = {
     "mel-own-w16-meanstd-spec": dict(feature="spectrogram", width=16, epochs=30,
                                      select_epoch="last", own_frames=True, pooling="meanstd",
                                      **{**AUG, "freq_mask_bins": 12}),
-    # the log-mel input at other widths, epochs and normalisation
-    **{f"mel-own-w{w}-meanstd-spec{tag}": dict(
-        feature="spectrogram", width=w, epochs=e, select_epoch="last", own_frames=True,
-        pooling="meanstd", **{**AUG, "freq_mask_bins": 12}, **extra)
-       for w in (16, 24, 32) for tag, e, extra in (
-           ("", 30, {}), ("-e60", 60, {}), ("-utt", 30, {"normalisation": "utterance"}))
-       if (w, tag) != (16, "")},
-    # + a random stretch of the frequency axis (vocal-tract-length-like speaker variety)
-    **{f"mel-own-w{width}-meanstd-spec-warp{w:g}": dict(
+    # the log-mel input at widths 24 and 32, and with a random stretch of the frequency axis
+    # (vocal-tract-length-like speaker variety): the round-3 candidates screened, no others
+    **{f"mel-own-w{width}-meanstd-spec{tag}": dict(
         feature="spectrogram", width=width, epochs=30, select_epoch="last", own_frames=True,
-        pooling="meanstd", **{**AUG, "freq_mask_bins": 12}, freq_warp=w)
-       for width in (16, 24, 32) for w in (0.1, 0.2)},
+        pooling="meanstd", **{**AUG, "freq_mask_bins": 12}, **extra)
+       for width, tag, extra in (
+           (24, "", {}), (32, "", {}), (16, "-warp0.1", {"freq_warp": 0.1}),
+           (16, "-warp0.2", {"freq_warp": 0.2}), (24, "-warp0.1", {"freq_warp": 0.1}),
+           (32, "-warp0.1", {"freq_warp": 0.1}))},
     # an ensemble of networks per fold (mean probabilities), against one of them alone
     "own-w16-meanstd-spec": dict(width=16, epochs=30, select_epoch="last", own_frames=True,
                                  pooling="meanstd", **AUG),
@@ -181,7 +178,6 @@ def main(argv=None) -> int:
             loaded[feature] = load(args.manifest, args.cache, feature)
         return loaded[feature]
 
-    selection, features, labels, lengths, folds, groups = data("mfcc")
     rows = []
     if args.screen:
         for name in args.screen:
@@ -196,6 +192,11 @@ def main(argv=None) -> int:
         return 0
     from serlib.baselines import fit_baseline_folds
 
+    names = ("paper-w16", "strong") if args.with_paper else ("strong",)
+    configs = {name: TrainConfig(**{**COMMON, **(CANDIDATES[name] if name in CANDIDATES
+                                                  else RECIPES[name])}) for name in names}
+    # the selection, labels and folds do not depend on the feature: the strong recipe's
+    selection, _, labels, _, folds, _ = data(configs["strong"].feature)
     for model in ("logreg", "egemaps-svm"):
         wall, cpu = time.perf_counter(), time.process_time()
         try:
@@ -211,12 +212,10 @@ def main(argv=None) -> int:
                      "wall_s": round(time.perf_counter() - wall, 1),
                      "cpu_s": round(time.process_time() - cpu, 1)})
         print(json.dumps(rows[-1]), flush=True)
-    for name in ("paper-w16", "strong") if args.with_paper else ("strong",):
-        overrides = CANDIDATES[name] if name in CANDIDATES else RECIPES[name]
-        config = TrainConfig(**{**COMMON, **overrides})
+    for name, config in configs.items():
         _, features, labels, lengths, folds, groups = data(config.feature)
         results, cost = train(config, features, labels, lengths, folds, groups,
-                                  jobs=args.jobs)
+                              jobs=args.jobs)
         rows.append({"recipe": name, "val_ua": round(validation_ua(results), 4),
                      **{k: round(v, 4) for k, v in test_row(results, labels).items()},
                      **{k: round(v, 1) for k, v in cost.items()}})
