@@ -185,7 +185,7 @@ class TrainConfig:
 #: speaker-independent folds, chosen on the inner validation splits (benchmarks/README.md).
 RECIPES: dict[str, dict] = {
     "paper": {},
-    # benchmarks/recipe.py's "mel-own-w32-meanstd-spec": the best validation UA of the 20
+    # benchmarks/recipe.py's "mel-own-w32-meanstd-spec": the best validation UA of the 17
     # candidates screened (log-mel input, own frames, mean+std pooling, SpecAugment, time
     # shift; benchmarks/README.md)
     "strong": {"feature": "spectrogram", "own_frames": True, "pooling": "meanstd",
