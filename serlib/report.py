@@ -18,7 +18,7 @@ from serlib._io import read_text_csv
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
-from serlib.results import Run, load_run, percent
+from serlib.results import BASELINE_LABELS, Run, load_run, percent
 from serlib.stats import Comparison, compare_pooled, compare_runs, pooled_interval, verdict
 from serlib.studies import StudyRow
 
@@ -312,8 +312,8 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         if reference is not None:
             sentences.append(paired(reference, run, labels.get(folder, folder),
                                     "it beats the paper's recipe"))
-    strong = {f: r for f, r in beside.items() if not f.startswith("baseline_")}
-    baselines = {f: r for f, r in beside.items() if f.startswith("baseline_")}
+    strong = {f: r for f, r in beside.items() if f not in BASELINE_LABELS}
+    baselines = {f: r for f, r in beside.items() if f in BASELINE_LABELS}
     for sf, srun in strong.items():
         for bf, brun in baselines.items():
             sentences.append(paired(brun, srun, f"{labels.get(sf, sf)} against "

@@ -81,7 +81,7 @@ def table1(runs: dict[tuple[str, str], Run], beside: dict[str, Run] | None = Non
     rows = [{"model": r.model, "source": "paper" if r.kind == "paper" else "paper (baseline)",
              "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}"} for r in paper.TABLE1.itertuples()]
     chosen = [(f"Ours: {label} + focal loss", runs.get((feature, "focal")))
-              for feature, label in (("spectrogram", "Spectrogram"), ("mfcc", "MFCC"))]
+              for feature, label in _FEATURE_NAMES.items()]
     chosen += [(beside_label(name, run), run) for name, run in (beside or {}).items()]
     for label, run in chosen:
         if run is not None:

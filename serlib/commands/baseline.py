@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from serlib.commands import add_folds_arguments, add_run_folder_arguments
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -17,13 +19,9 @@ def add_parser(subparsers):
     )
     parser.add_argument("--selection", required=True, help="selection CSV (serlib select)")
     parser.add_argument("--model", choices=("logreg", "egemaps-svm"), default="logreg")
-    parser.add_argument("--protocol", choices=("stratified", "session"), default="stratified",
-                        help="stratified: the paper's folds; session: speaker-independent")
-    parser.add_argument("--folds", type=int, default=5)
+    add_folds_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="fold shuffling (stratified)")
-    parser.add_argument("--cache", default=None, help="feature store folder (default: none)")
-    parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_folder_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from serlib.commands import add_folds_arguments, add_run_folder_arguments
+
 
 def add_parser(subparsers):
     from serlib.config import CLASS_WEIGHTS, RECIPES, SAMPLERS, TrainConfig
@@ -20,9 +22,7 @@ def add_parser(subparsers):
     parser.add_argument("--gamma", type=float, default=d.gamma, help="focal loss gamma")
     parser.add_argument("--alpha", type=float, nargs=4, default=None,
                         metavar=("NEU", "HAP", "SAD", "ANG"), help="per-class focal weights")
-    parser.add_argument("--protocol", choices=("stratified", "session"), default=d.protocol,
-                        help="stratified: the paper's folds; session: speaker-independent")
-    parser.add_argument("--folds", type=int, default=d.folds)
+    add_folds_arguments(parser, protocol=d.protocol, folds=d.folds)
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--width", type=int, default=d.width, help="ResNet base width (64)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -49,9 +49,7 @@ def add_parser(subparsers):
     parser.add_argument("--no-amp", action="store_true",
                         help="float32 on CUDA instead of bf16 autocast (no effect on the CPU)")
     parser.add_argument("--float16", action="store_true", help="store features as float16")
-    parser.add_argument("--cache", default=None, help="feature store folder (default: none)")
-    parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_folder_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
