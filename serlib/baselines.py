@@ -25,7 +25,9 @@ with every file a ResNet run has (``serlib.training``)::
                                "mfcc-stats"/"egemaps", loss "logreg"/"svm", width/epochs None,
                                and "model" naming the baseline
 
-Probabilities are ``predict_proba``'s (the SVM's from scikit-learn's Platt scaling, seeded);
+Probabilities are ``predict_proba``'s (the SVM's from a sigmoid (Platt) calibration of its
+decision values on 5 internal folds of the training part, scikit-learn's
+``CalibratedClassifierCV(SVC(), ensemble=False)``, which replaces ``SVC(probability=True)``);
 the predicted class is their argmax, as for a ResNet run.
 """
 
@@ -44,7 +46,8 @@ from serlib.runs import read_run_csv
 #: Baseline models and their parameters.
 BASELINES: dict[str, dict] = {
     "logreg": {"feature": "mfcc-stats", "loss": "logreg", "C": 0.5, "max_iter": 5000},
-    "egemaps-svm": {"feature": "egemaps", "loss": "svm", "C": 1.0, "kernel": "rbf"},
+    "egemaps-svm": {"feature": "egemaps", "loss": "svm", "C": 1.0, "kernel": "rbf",
+                    "calibration": "sigmoid", "calibration_folds": 5},
 }
 
 
@@ -113,8 +116,9 @@ def egemaps_matrix(selection: pd.DataFrame, *, progress: bool = False
         "opensmile": opensmile.__version__, "n_features": len(smile.feature_names)}
 
 
-def make_estimator(model: str, *, seed: int = 0):
+def make_estimator(model: str):
     """The scikit-learn pipeline of a baseline (standard scaling + classifier)."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -124,13 +128,15 @@ def make_estimator(model: str, *, seed: int = 0):
     if model == "logreg":
         classifier = LogisticRegression(C=params["C"], max_iter=params["max_iter"])
     else:
-        classifier = SVC(C=params["C"], kernel=params["kernel"], probability=True,
-                         random_state=seed)
+        # Platt scaling on internal folds (stratified, unshuffled: deterministic)
+        classifier = CalibratedClassifierCV(SVC(C=params["C"], kernel=params["kernel"]),
+                                            method=params["calibration"],
+                                            cv=params["calibration_folds"], ensemble=False)
     return make_pipeline(StandardScaler(), classifier)
 
 
 def fit_baseline_folds(selection: pd.DataFrame, *, model: str, folds, x: np.ndarray | None = None,
-                       cache_dir=None, seed: int = 0, progress: bool = False) -> list[dict]:
+                       cache_dir=None, progress: bool = False) -> list[dict]:
     """Fit a baseline on every fold's training part and predict its test part.
 
     Parameters
@@ -167,7 +173,7 @@ def fit_baseline_folds(selection: pd.DataFrame, *, model: str, folds, x: np.ndar
                           f"({len(x)} rows)")
     out = []
     for fold, (train_idx, test_idx) in enumerate(folds, start=1):
-        estimator = make_estimator(model, seed=seed).fit(x[train_idx], labels[train_idx])
+        estimator = make_estimator(model).fit(x[train_idx], labels[train_idx])
         probabilities = np.zeros((len(test_idx), len(PAPER_CLASSES)))
         classes = estimator.classes_
         probabilities[:, classes] = estimator.predict_proba(x[test_idx])
@@ -196,14 +202,16 @@ def _estimator_tensors(estimator) -> dict:
     if hasattr(classifier, "coef_") and not hasattr(classifier, "support_vectors_"):
         state.update(coef=torch.from_numpy(classifier.coef_.copy()),
                      intercept=torch.from_numpy(classifier.intercept_.copy()))
-    else:
-        state.update(support_vectors=torch.from_numpy(classifier.support_vectors_.copy()),
-                     dual_coef=torch.from_numpy(classifier.dual_coef_.copy()),
-                     intercept=torch.from_numpy(classifier.intercept_.copy()),
-                     n_support=torch.from_numpy(classifier.n_support_.astype(np.int64)),
-                     prob_a=torch.from_numpy(classifier.probA_.copy()),
-                     prob_b=torch.from_numpy(classifier.probB_.copy()),
-                     gamma=torch.tensor(float(classifier._gamma)))
+    else:                                 # the calibrated SVM: one SVC, one sigmoid a class
+        [calibrated] = classifier.calibrated_classifiers_
+        svm = calibrated.estimator
+        state.update(support_vectors=torch.from_numpy(svm.support_vectors_.copy()),
+                     dual_coef=torch.from_numpy(svm.dual_coef_.copy()),
+                     intercept=torch.from_numpy(svm.intercept_.copy()),
+                     n_support=torch.from_numpy(svm.n_support_.astype(np.int64)),
+                     gamma=torch.tensor(float(svm._gamma)),
+                     sigmoid_a=torch.tensor([c.a_ for c in calibrated.calibrators]),
+                     sigmoid_b=torch.tensor([c.b_ for c in calibrated.calibrators]))
     return state
 
 
@@ -285,8 +293,7 @@ def run_baseline(selection, *, model: str, protocol: str, n_folds: int,
     out_dir : path
         The run folder (written anew).
     seed : int
-        Fold shuffling under the stratified protocol (as a ResNet run's ``seed``), SVM's Platt
-        scaling.
+        Fold shuffling under the stratified protocol (as a ResNet run's ``seed``).
     cache_dir : path, optional
         Feature store for the MFCCs.
 
@@ -302,7 +309,7 @@ def run_baseline(selection, *, model: str, protocol: str, n_folds: int,
     selection, selection_path = _prepare_selection(selection)
     folds = make_folds(selection, protocol=protocol, n_folds=n_folds, seed=seed)
     results = fit_baseline_folds(selection, model=model, folds=folds, cache_dir=cache_dir,
-                                 seed=seed, progress=progress)
+                                 progress=progress)
     corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"
     resolved = {
         "baseline": {"model": model, **params, "protocol": protocol, "folds": n_folds,

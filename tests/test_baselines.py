@@ -105,6 +105,7 @@ def test_unknown_model_is_refused(synthetic_selection, tmp_path):
 
 def test_egemaps_svm(synthetic_selection, tmp_path):
     pytest.importorskip("opensmile")
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.svm import SVC
 
     from serlib.baselines import egemaps_matrix
@@ -119,7 +120,7 @@ def test_egemaps_svm(synthetic_selection, tmp_path):
     labels = synthetic_selection["label"].map(PAPER_CLASSES.index).to_numpy()
     train, test = make_folds(synthetic_selection, protocol="session", n_folds=5, seed=0)[0]
     scaler = StandardScaler().fit(x[train])
-    svm = SVC(C=1.0, kernel="rbf", probability=True, random_state=0)
+    svm = CalibratedClassifierCV(SVC(C=1.0, kernel="rbf"), cv=5, ensemble=False)
     probs = svm.fit(scaler.transform(x[train]), labels[train]).predict_proba(
         scaler.transform(x[test]))
     written = pd.read_csv(tmp_path / "fold_1" / "predictions.csv")
