@@ -147,6 +147,8 @@ def train(config: TrainConfig, features, labels, lengths, folds, groups, *, jobs
         data = (features, labels, lengths, folds, groups)
         with multiprocessing.get_context("spawn").Pool(jobs, _init_worker, (data,)) as pool:
             out = pool.starmap(_one_fold, [(config, k) for k in range(1, len(folds) + 1)])
+            pool.close()
+            pool.join()
         results, worker_cpu = [r for r, _ in out], sum(c for _, c in out)
     return results, {"wall_s": time.perf_counter() - wall,
                      "cpu_s": time.process_time() - cpu + worker_cpu}
@@ -179,6 +181,9 @@ def main(argv=None) -> int:
     parser.add_argument("--with-paper", action="store_true",
                         help="--final: also the paper recipe at width 16 (6-s padded input, "
                         "about 3x the strong recipe's time)")
+    parser.add_argument("--also", nargs="+", choices=sorted(CANDIDATES), default=[],
+                        metavar="NAME", help="--final: also these candidates on the test "
+                        "folds, for comparison once the choice is made")
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         print(f"{args.manifest}: not found (the EmoDB copy beside the project)", file=sys.stderr)
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
         return 0
     from serlib.baselines import fit_baseline_folds
 
-    names = ("paper-w16", "strong") if args.with_paper else ("strong",)
+    names = ("paper-w16",) * args.with_paper + ("strong", *args.also)
     configs = {name: TrainConfig(**{**COMMON, **(CANDIDATES[name] if name in CANDIDATES
                                                   else RECIPES[name])}) for name in names}
     # the selection, labels and folds do not depend on the feature: the strong recipe's
