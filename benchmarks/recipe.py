@@ -154,6 +154,32 @@ def train(config: TrainConfig, features, labels, lengths, folds, groups, *, jobs
                      "cpu_s": time.process_time() - cpu + worker_cpu}
 
 
+def inner_folds(folds: list) -> tuple[list, list]:
+    """Leave-one-pair-out inside each outer fold's training part: for outer fold k and every
+    other fold j, train on the folds other than k and j and validate on fold j (a speaker pair
+    of k's training part). Returns the (train_idx, val_idx) pairs and their (k, j) tags; the
+    outer test fold k is never used in its own inner folds."""
+    pairs, tags = [], []
+    for k in range(len(folds)):
+        for j in range(len(folds)):
+            if j != k:
+                train = np.concatenate([folds[i][1] for i in range(len(folds)) if i not in (k, j)])
+                pairs.append((np.sort(train), folds[j][1]))
+                tags.append((k + 1, j + 1))
+    return pairs, tags
+
+
+def nested_ua(results: list, tags: list, labels) -> tuple[float, list[float]]:
+    """Per outer fold, the UA pooled over its inner validation pairs; and their mean."""
+    per_fold = []
+    for k in sorted({k for k, _ in tags}):
+        mine = [r for r, (kk, _) in zip(results, tags, strict=True) if kk == k]
+        y = np.concatenate([labels[r["test_idx"]] for r in mine])
+        p = np.concatenate([r["probabilities"].argmax(1) for r in mine])
+        per_fold.append(classification_report_dict(y, p, class_names=PAPER_CLASSES)["ua"])
+    return float(np.mean(per_fold)), per_fold
+
+
 def validation_ua(results: list) -> float:
     """Mean over folds of the validation UA at the epoch each fold kept."""
     return float(np.mean([next(h["val_ua"] for h in r["history"] if h["epoch"] == r["best_epoch"])
@@ -178,6 +204,10 @@ def main(argv=None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--screen", nargs="+", choices=sorted(CANDIDATES), metavar="NAME")
     mode.add_argument("--final", action="store_true")
+    parser.add_argument("--nested", action="store_true",
+                        help="--screen: score on inner leave-one-pair-out folds of each outer "
+                        "fold's training part (4 trainings a fold) instead of the one held-out "
+                        "speaker of each fold")
     parser.add_argument("--with-paper", action="store_true",
                         help="--final: also the paper recipe at width 16 (6-s padded input, "
                         "about 3x the strong recipe's time)")
@@ -202,10 +232,18 @@ def main(argv=None) -> int:
         for name in args.screen:
             config = TrainConfig(**{**COMMON, **CANDIDATES[name]})
             _, features, labels, lengths, folds, groups = data(config.feature)
-            results, cost = train(config, features, labels, lengths, folds, groups,
-                                  jobs=args.jobs)
-            row = {"recipe": name, "val_ua": round(validation_ua(results), 4),
-                   **{k: round(v, 1) for k, v in cost.items()}}
+            if args.nested:
+                pairs, tags = inner_folds(folds)
+                results, cost = train(config, features, labels, lengths, pairs, groups,
+                                      jobs=args.jobs)
+                mean, per_fold = nested_ua(results, tags, labels)
+                row = {"recipe": name, "nested_val_ua": round(mean, 4),
+                       "per_outer_fold": [round(u, 4) for u in per_fold]}
+            else:
+                results, cost = train(config, features, labels, lengths, folds, groups,
+                                      jobs=args.jobs)
+                row = {"recipe": name, "val_ua": round(validation_ua(results), 4)}
+            row.update({k: round(v, 1) for k, v in cost.items()})
             print(json.dumps(row), flush=True)
             rows.append(row)
         return 0
