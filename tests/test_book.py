@@ -16,7 +16,7 @@ from serlib.errors import SerlibError
 PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
          "05_training_overview", "06_results", "07_speaker_leakage", "08_imbalance",
          "09_using_the_model", "10_api"] + [
-    f"05_training_{f}_{loss}" for f, loss in PAPER_GRID] + ["05_training_spectrogram_softmax_strong"]
+    f"05_training_{f}_{loss}" for f, loss in PAPER_GRID] + ["05_training_spectrogram_focal_strong"]
 
 
 @pytest.mark.parametrize("name", ["smoke", "paper", "tiny"])
@@ -26,7 +26,7 @@ def test_shipped_profiles_are_valid(name):
     names = [run for run, _ in profile.runs()]
     seeds = profile.seeds or (0,)
     first_seed = names[::len(seeds)]
-    assert first_seed == [f"{f}_{loss}" for f, loss in PAPER_GRID] + ["spectrogram_softmax_strong"]
+    assert first_seed == [f"{f}_{loss}" for f, loss in PAPER_GRID] + ["spectrogram_focal_strong"]
     assert profile.requires_data_root == (name == "paper")
     # every profile trains both studies and the logistic-regression baseline
     assert set(profile.studies) == {"leakage", "imbalance"}
@@ -131,7 +131,7 @@ def test_staging_expands_training_pages(tmp_path):
                 if c["file"] == "book/05_training_overview"][0]
     assert [s["file"] for s in training["sections"]] == [
         f"book/05_training_{f}_{loss}" for f, loss in PAPER_GRID] + [
-        "book/05_training_spectrogram_softmax_strong"]
+        "book/05_training_spectrogram_focal_strong"]
     assert (tmp_path / "staging" / "book" / "build_info.md").read_text() == "built here\n"
     assert not (tmp_path / "staging" / "book" / "profiles").exists()
 

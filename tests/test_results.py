@@ -47,14 +47,14 @@ def test_tables_from_runs(tmp_path):
 def test_strong_recipe_and_baselines_stand_beside_the_paper_grid(tmp_path):
     runs_dir = write_fake_grid(tmp_path)
     write_fake_run(runs_dir / "baseline_logreg", feature="mfcc", loss="softmax", seed=7)
-    write_fake_run(runs_dir / "spectrogram_softmax_strong", feature="spectrogram",
-                   loss="softmax", seed=8)
+    write_fake_run(runs_dir / "spectrogram_focal_strong", feature="spectrogram", loss="focal",
+                   seed=8)
     write_fake_run(runs_dir / "mfcc_focal_unfinished_strong", feature="mfcc", loss="focal")
     (runs_dir / "mfcc_focal_unfinished_strong" / "summary.json").unlink()
     beside = beside_runs(runs_dir)
-    assert list(beside) == ["spectrogram_softmax_strong", "baseline_logreg"]   # finished only
+    assert list(beside) == ["spectrogram_focal_strong", "baseline_logreg"]   # finished only
     labels = [beside_label(name, run) for name, run in beside.items()]
-    assert labels == ["Ours: Spectrogram + softmax loss, strong recipe",
+    assert labels == ["Ours: Spectrogram + focal loss, strong recipe",
                       "Baseline (measured): logistic regression on MFCC mean and std"]
     t1 = table1(load_runs(runs_dir), beside)
     assert list(t1.index[-4:]) == ["Ours: Spectrogram + focal loss", "Ours: MFCC + focal loss",
