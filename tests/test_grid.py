@@ -67,8 +67,8 @@ def test_local_grid_equals_sequential_runs_bit_for_bit(tones, sequential, tmp_pa
 
 
 def test_failing_fold_is_reported_and_the_others_finish(tones, sequential, tmp_path):
-    # lr = 1e12: the focal run's folds end in a non-finite loss; the softmax run is fine
-    bad = TrainConfig(**{**BASE.to_dict(), "lr": 1e12})
+    # lr = 1e38: weights overflow float32 after one step, so the focal run's folds end in a non-finite loss; the softmax run is fine
+    bad = TrainConfig(**{**BASE.to_dict(), "lr": 1e38})
     result = run_grid([("bad", bad), RUNS[1]], selection=tones, cache_dir=tmp_path / "cache",
                       runs_dir=tmp_path / "runs", jobs=1, progress=False)
     assert not result.ok
@@ -84,13 +84,13 @@ def test_grid_command_reports_failures_and_exits_non_zero(tmp_path, capsys):
     from serlib.cli import main
 
     profile = tmp_path / "p.yaml"
-    profile.write_text("corpus: {size: tiny}\ngrid: [{feature: mfcc, loss: focal, lr: 1.0e+12}]"
+    profile.write_text("corpus: {size: tiny}\ngrid: [{feature: mfcc, loss: focal, lr: 1.0e+38}]"
                        "\ntraining: {folds: 2, epochs: 1, width: 2, batch_size: 16, "
                        "device: cpu}\n")
     assert main(["grid", "--profile", str(profile), "--out", str(tmp_path / "out"),
                  "--jobs", "1", "--quiet"]) == 1
     err = capsys.readouterr().err
-    assert "2 fold(s) failed: mfcc_focal_lr-1e+12 fold 1; mfcc_focal_lr-1e+12 fold 2" in err
+    assert "2 fold(s) failed: mfcc_focal_lr-1e+38 fold 1; mfcc_focal_lr-1e+38 fold 2" in err
 
 
 def test_grid_refuses_bad_runs_before_writing(tones, tmp_path):
