@@ -67,7 +67,8 @@ def test_local_grid_equals_sequential_runs_bit_for_bit(tones, sequential, tmp_pa
 
 
 def test_failing_fold_is_reported_and_the_others_finish(tones, sequential, tmp_path):
-    # lr = 1e38: weights overflow float32 after one step, so the focal run's folds end in a non-finite loss; the softmax run is fine
+    # lr = 1e38: weights overflow float32 after one step, so the focal run's folds end in a
+    # non-finite loss; the softmax run is fine
     bad = TrainConfig(**{**BASE.to_dict(), "lr": 1e38})
     result = run_grid([("bad", bad), RUNS[1]], selection=tones, cache_dir=tmp_path / "cache",
                       runs_dir=tmp_path / "runs", jobs=1, progress=False)
