@@ -15,6 +15,7 @@ import pandas as pd
 
 from serlib import paper
 from serlib._io import read_text_csv
+from serlib.config import RECIPES
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
@@ -285,7 +286,8 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         One row per run (WA, UA as mean ± std over folds, macro-F1, in %), and markdown bullet
         sentences: each run against the paper's recipe (paired over the same utterances, or
         "not paired" with the reason when the folds differ), the strong recipe against each
-        baseline, and which run has the highest UA.
+        baseline, a note on each strong-recipe run narrower or shorter than the recipe
+        (:data:`serlib.config.RECIPES`), and which run has the highest UA.
     """
     labels = labels or {}
     named = ([("paper recipe (mfcc_focal)", reference)] if reference is not None else []) + [
@@ -318,6 +320,15 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         for bf, brun in baselines.items():
             sentences.append(paired(brun, srun, f"{labels.get(sf, sf)} against "
                                     f"{labels.get(bf, bf)}", "it beats the baseline"))
+    recipe = RECIPES["strong"]
+    for folder, run in strong.items():
+        width, epochs = run.summary.get("width"), run.summary.get("epochs")
+        if (width, epochs) != (recipe["width"], recipe["epochs"]):
+            sentences.append(
+                f"- **{labels.get(folder, folder)}** ran at width {width} for {epochs} epochs, "
+                f"not the recipe's {recipe['width']} and {recipe['epochs']}: this profile "
+                "narrows it to fit its time, so its row shows the recipe's pipeline, not its "
+                "accuracy (the real and paper profiles train it in full).")
     if rows:
         best = max(named, key=lambda item: item[1].summary["ua_mean"])
         sentences.append(f"- Highest mean UA over folds here: **{best[0]}** "

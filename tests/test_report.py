@@ -131,3 +131,9 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
     assert str(tmp_path) not in text                     # folder names, not build paths
     assert "cannot pair baseline_egemaps-svm with mfcc_focal_strong" in text
     assert sentences[-1].startswith("- Highest mean UA over folds here: **strong**")
+    # the fake strong run is narrower than the recipe: said; a full-size one: not
+    assert ("**strong** ran at width 8 for 3 epochs, not the recipe's 32 and 30" in text)
+    full = made["mfcc_focal_strong"]
+    full.summary.update(width=32, epochs=30)
+    _, again = recipe_comparison(reference, {"mfcc_focal_strong": full}, n_resamples=50)
+    assert not any("ran at width" in line for line in again)
