@@ -5,10 +5,12 @@ Two modes, both on ``manifest_folds.csv`` (``--protocol session --folds 5``):
 - ``--screen NAME ...``: train the named candidate recipes (:data:`CANDIDATES`) on every fold
   and print only their VALIDATION UA (each fold's inner, speaker-disjoint validation split of
   its training part, at the final epoch: every candidate trains a fixed number of epochs, so
-  the score is not a maximum over epochs). Test folds are never scored here.
-- ``--final``: the measured baselines, the paper's recipe and the chosen recipe
-  (``serlib.config.RECIPES["strong"]``) on the test folds: WA, UA, macro-F1, wall and process
-  CPU time, one row each.
+  the score is not a maximum over epochs). Test folds are never scored here. With
+  ``--nested``, the score is leave-one-pair-out inside each fold's training part instead
+  (:func:`inner_folds`: four trainings a fold, every training clip validated once).
+- ``--final``: the measured baselines, the chosen recipe (``serlib.config.RECIPES["strong"]``)
+  and, with ``--with-paper`` / ``--also``, the paper's recipe and other candidates on the test
+  folds: WA, UA, macro-F1, wall and process CPU time, one row each.
 
 Run from the repository root (see benchmarks/README.md for the exact command and the table).
 """

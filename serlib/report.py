@@ -326,9 +326,8 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         if (width, epochs) != (recipe["width"], recipe["epochs"]):
             sentences.append(
                 f"- **{labels.get(folder, folder)}** ran at width {width} for {epochs} epochs, "
-                f"not the recipe's {recipe['width']} and {recipe['epochs']}: this profile "
-                "narrows it to fit its time, so its row shows the recipe's pipeline, not its "
-                "accuracy (the real and paper profiles train it in full).")
+                f"not the recipe's {recipe['width']} and {recipe['epochs']}: its row shows "
+                "the recipe's pipeline at a smaller size, not the recipe's accuracy.")
     if rows:
         best = max(named, key=lambda item: item[1].summary["ua_mean"])
         sentences.append(f"- Highest mean UA over folds here: **{best[0]}** "
