@@ -41,21 +41,52 @@ PAPER_GRID = (("spectrogram", "softmax"), ("spectrogram", "focal"), ("mfcc", "so
               ("mfcc", "focal"))
 
 
-def _profile_schema() -> dict:
-    """JSON schema of a profile YAML: every key and its type (validated before anything runs)."""
+#: Largest profile file read, and most YAML aliases (``*name``) in it: a profile is a few
+#: kilobytes; a file of nested aliases ("billion laughs") would expand without bound.
+MAX_PROFILE_BYTES = 1_000_000
+MAX_PROFILE_ALIASES = 100
+MAX_PROFILE_NODES = 100_000
+#: Top-level keys of which a profile must hold at least one: what it trains.
+PROFILE_REQUIRED = ("grid", "training", "studies")
+
+
+def _json_type(annotation) -> dict:
+    """The JSON-schema type of a TrainConfig field annotation (``float``, ``int``, ``str``,
+    ``bool``, ``tuple[float, ...] | None``)."""
+    import types
+    import typing
+
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = _json_type(options[0]) if len(options) == 1 else {}
+        kind = inner.get("type", [])
+        return {**inner, "type": [*([kind] if isinstance(kind, str) else kind), "null"]}
+    if typing.get_origin(annotation) in (tuple, list):
+        item = next((a for a in typing.get_args(annotation) if a is not Ellipsis), float)
+        return {"type": "array", "items": _json_type(item)}
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if annotation not in simple:
+        raise TypeError(f"no JSON type for the TrainConfig annotation {annotation!r}")
+    return {"type": simple[annotation]}
+
+
+def train_config_schema() -> dict:
+    """JSON-schema property types of every :class:`serlib.config.TrainConfig` field, from
+    the dataclass's own annotations (one source of truth: a new field is typed here as it is
+    declared there)."""
     import dataclasses
+    import typing
 
     from serlib.config import TrainConfig
 
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: _json_type(hints[f.name]) for f in dataclasses.fields(TrainConfig)}
+
+
+def _profile_schema() -> dict:
+    """JSON schema of a profile YAML: every key and its type (validated before anything runs)."""
     number = {"type": "number"}
-    types = {"feature": {"type": "string"}, "loss": {"type": "string"}, "gamma": number,
-             "alpha": {"type": ["array", "null"], "items": number},
-             "protocol": {"type": "string"}, "optimizer": {"type": "string"},
-             "schedule": {"type": "string"}, "device": {"type": "string"},
-             "feature_dtype": {"type": "string"}, "amp": {"type": "boolean"},
-             "lr": number, "weight_decay": number, "val_fraction": number}
-    fields = {f.name: types.get(f.name, {"type": "integer"})
-              for f in dataclasses.fields(TrainConfig)}
+    fields = train_config_schema()
     training = {"type": "object", "properties": fields, "additionalProperties": False}
     from serlib.config import RECIPES
 
@@ -66,6 +97,7 @@ def _profile_schema() -> dict:
     return {
         "type": "object",
         "additionalProperties": False,
+        "anyOf": [{"required": [key]} for key in PROFILE_REQUIRED],
         "properties": {
             "name": {"type": "string"},
             "description": {"type": "string"},
@@ -100,8 +132,74 @@ def _schema_errors(data, where) -> None:
         shown = []
         for error in errors[:5]:
             key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            shown.append(f"{key}: {error.message}")
+            if error.validator == "anyOf" and not error.absolute_path:
+                message = f"needs at least one of {', '.join(PROFILE_REQUIRED)}"
+            else:   # the message holds the value's repr: cut it short
+                message = error.message if len(error.message) <= 300 else \
+                    f"{error.message[:300]}... (a {type(error.instance).__name__} that " \
+                    f"is not allowed here: {error.validator} {error.validator_value!r:.100})"
+            shown.append(f"{key}: {message}")
         raise SerlibError(f"{where}: invalid profile: {'; '.join(shown)}")
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses more than :data:`MAX_PROFILE_ALIASES` aliases."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_PROFILE_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_PROFILE_ALIASES} aliases (*name): a "
+                                     "profile needs none of that size")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(node, seen: dict) -> int:
+    """Number of values ``node`` stands for with every alias expanded (memoised per node, so
+    that a "billion laughs" file is measured without being expanded)."""
+    key = id(node)
+    if key not in seen:
+        seen[key] = 1   # a recursive alias counts once
+        if isinstance(node, yaml.SequenceNode):
+            seen[key] = 1 + sum(_expanded_size(child, seen) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            seen[key] = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen)
+                                for k, v in node.value)
+    return seen[key]
+
+
+def _read_profile_yaml(path: Path) -> dict:
+    """A profile file as a mapping: UTF-8, at most :data:`MAX_PROFILE_BYTES`, a bounded
+    number of YAML aliases; an empty file or a non-mapping is an error naming it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise SerlibError(f"{path}: {size} bytes is too large for a profile (at most "
+                              f"{MAX_PROFILE_BYTES})")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SerlibError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); "
+                          "save the profile as UTF-8") from None
+    except OSError as error:
+        raise SerlibError(f"{path}: cannot read the profile ({error.strerror})") from None
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_PROFILE_NODES:
+            raise SerlibError(f"{path}: its aliases expand to more than {MAX_PROFILE_NODES} "
+                              "values; a profile is a few dozen settings")
+        data = None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise SerlibError(f"{path}: not valid YAML: {str(error)[:500]}") from None
+    finally:
+        loader.dispose()
+    if data is None:
+        raise SerlibError(f"{path}: the profile is empty; it needs at least one of "
+                          f"{', '.join(PROFILE_REQUIRED)} (see book/profiles/smoke.yaml)")
+    if not isinstance(data, dict):
+        raise SerlibError(f"{path}: a profile is a mapping of keys (name, grid, training, "
+                          f"...), not a {type(data).__name__}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -134,11 +232,7 @@ class Profile:
         if not path.is_file():
             known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
             raise SerlibError(f"{path}: no such profile (known: {known})")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise SerlibError(f"{path}: not valid YAML: {error}") from error
-        data = {} if data is None else data
+        data = _read_profile_yaml(path)
         _schema_errors(data, path)
         corpus = data.get("corpus", {}) or {}
         grid = tuple(dict(g) for g in data.get("grid", [])) or cls.grid

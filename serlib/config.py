@@ -20,6 +20,26 @@ CLASS_WEIGHTS = ("none", "inverse", "effective")
 SAMPLERS = ("shuffle", "balanced")
 
 
+#: Largest seed numpy, torch and scikit-learn take (TrainConfig.seed * 1000 + fold must fit).
+MAX_SEED = 2**32 - 1
+#: Most folds a run may have (a fold needs test utterances of every class: far fewer in
+#: practice) and widest ResNet (width 1024 is 16 x the paper's 64: about 2.8 G parameters).
+MAX_FOLDS = 1000
+MAX_WIDTH = 1024
+#: What a field allows, for the error message of an invalid value.
+_ALLOWED = {
+    "seed": f": an integer from 0 to {(MAX_SEED + 1) // 1000 - 1} (each fold seeds the "
+            "random generators with seed * 1000 + fold, which must be below 2**32)",
+    "folds": f": an integer from 2 to {MAX_FOLDS}",
+    "width": f": an integer from 1 to {MAX_WIDTH} (64 is the paper's network)",
+    "lr": ": a finite number > 0", "weight_decay": ": a finite number >= 0",
+    "gamma": ": a finite number >= 0", "beta": ": a finite number in [0, 1)",
+    "val_fraction": ": a finite number in (0, 1)", "mixup": ": a finite number >= 0",
+    "dropout": ": a finite number in [0, 1)", "label_smoothing": ": a finite number in [0, 1)",
+    "freq_warp": ": a finite number in [0, 1)",
+}
+
+
 def _count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -104,14 +124,17 @@ class TrainConfig:
             "optimizer": self.optimizer in ("adam", "sgd"),
             "schedule": self.schedule in ("cosine", "constant"),
             "gamma": _finite(self.gamma) and self.gamma >= 0,
-            "folds": isinstance(self.folds, int) and self.folds >= 2,
-            "epochs": isinstance(self.epochs, int) and self.epochs >= 1,
-            "width": isinstance(self.width, int) and self.width >= 1,
-            "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 2,
+            "folds": _count(self.folds) and 2 <= self.folds <= MAX_FOLDS,
+            "epochs": _count(self.epochs) and self.epochs >= 1,
+            "width": _count(self.width) and 1 <= self.width <= MAX_WIDTH,
+            "batch_size": _count(self.batch_size) and self.batch_size >= 2,
             "lr": _finite(self.lr) and self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "val_fraction": 0 < self.val_fraction < 1,
-            "patience": isinstance(self.patience, int) and self.patience >= 0,
+            "weight_decay": _finite(self.weight_decay) and self.weight_decay >= 0,
+            "val_fraction": _finite(self.val_fraction) and 0 < self.val_fraction < 1,
+            "patience": _count(self.patience),
+            # each fold seeds numpy, torch and scikit-learn with seed * 1000 + fold, which
+            # they take in 0 .. 2**32 - 1
+            "seed": _count(self.seed) and self.seed * 1000 + 1000 <= MAX_SEED,
             "feature_dtype": self.feature_dtype in ("float32", "float16"),
             # per-class weights: positive and finite (all zero would make the loss 0)
             "alpha": self.alpha is None or (
@@ -119,7 +142,7 @@ class TrainConfig:
                 and all(_finite(a) and a > 0 for a in self.alpha)),
             "amp": isinstance(self.amp, bool),
             "class_weights": self.class_weights in CLASS_WEIGHTS,
-            "beta": 0 <= self.beta < 1,
+            "beta": _finite(self.beta) and 0 <= self.beta < 1,
             "sampler": self.sampler in SAMPLERS,
             "select_epoch": self.select_epoch in ("best", "last"),
             "own_frames": isinstance(self.own_frames, bool),
@@ -132,15 +155,17 @@ class TrainConfig:
             "freq_mask_bins": _count(self.freq_mask_bins),
             "time_shift_frames": _count(self.time_shift_frames),
             "freq_warp": _finite(self.freq_warp) and 0 <= self.freq_warp < 1,
-            "mixup": self.mixup >= 0,
-            "dropout": 0 <= self.dropout < 1,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "warmup_epochs": _count(self.warmup_epochs) and self.warmup_epochs < self.epochs,
+            "mixup": _finite(self.mixup) and self.mixup >= 0,
+            "dropout": _finite(self.dropout) and 0 <= self.dropout < 1,
+            "label_smoothing": _finite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            "warmup_epochs": _count(self.warmup_epochs) and _count(self.epochs)
+            and self.warmup_epochs < self.epochs,
             "ensemble": _count(self.ensemble) and self.ensemble >= 1,
         }
         for name, ok in checks.items():
             if not ok:
-                raise SerlibError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid")
+                raise SerlibError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid"
+                                  f"{_ALLOWED.get(name, '')}")
         if self.class_weights != "none" and self.alpha is not None:
             raise SerlibError(
                 f"TrainConfig.class_weights={self.class_weights!r} and an explicit alpha "
@@ -175,9 +200,17 @@ class TrainConfig:
         if unknown:
             raise SerlibError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}")
         data = dict(data)
-        if data.get("alpha") is not None:
-            data["alpha"] = tuple(float(a) for a in data["alpha"])
-        return cls(**data)
+        alpha = data.get("alpha")
+        if alpha is not None:
+            if not isinstance(alpha, (list, tuple)) or not all(_finite(a) for a in alpha):
+                raise SerlibError(f"TrainConfig.alpha={alpha!r} is not valid: a list of "
+                                  f"{len(PAPER_CLASSES)} finite numbers > 0, or null")
+            data["alpha"] = tuple(float(a) for a in alpha)
+        try:
+            return cls(**data)
+        except TypeError as error:   # a value of the wrong type where a comparison runs
+            raise SerlibError(f"TrainConfig: a field has a value of the wrong type ({error})"
+                              ) from None
 
 
 #: Named training recipes: TrainConfig fields over the defaults (TrainConfig.from_recipe).
