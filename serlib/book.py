@@ -97,7 +97,6 @@ def _profile_schema() -> dict:
     return {
         "type": "object",
         "additionalProperties": False,
-        "anyOf": [{"required": [key]} for key in PROFILE_REQUIRED],
         "properties": {
             "name": {"type": "string"},
             "description": {"type": "string"},
@@ -132,12 +131,10 @@ def _schema_errors(data, where) -> None:
         shown = []
         for error in errors[:5]:
             key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            if error.validator == "anyOf" and not error.absolute_path:
-                message = f"needs at least one of {', '.join(PROFILE_REQUIRED)}"
-            else:   # the message holds the value's repr: cut it short
-                message = error.message if len(error.message) <= 300 else \
-                    f"{error.message[:300]}... (a {type(error.instance).__name__} that " \
-                    f"is not allowed here: {error.validator} {error.validator_value!r:.100})"
+            # the message holds the value's repr: cut it short
+            message = error.message if len(error.message) <= 300 else \
+                f"{error.message[:300]}... (a {type(error.instance).__name__} that is not " \
+                f"allowed here: {error.validator} {error.validator_value!r:.100})"
             shown.append(f"{key}: {message}")
         raise SerlibError(f"{where}: invalid profile: {'; '.join(shown)}")
 
@@ -251,6 +248,10 @@ class Profile:
             baselines=tuple(data.get("baselines", []) or []),
         )
         profile.validate(path)
+        if not any(key in data for key in PROFILE_REQUIRED):
+            raise SerlibError(f"{path}: the profile says nothing to train; it needs at least "
+                              f"one of {', '.join(PROFILE_REQUIRED)} (see "
+                              "book/profiles/smoke.yaml)")
         return profile
 
     def runs(self) -> list[tuple[str, object]]:
