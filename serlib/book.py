@@ -514,8 +514,9 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
     """
     import dataclasses
 
-    from serlib.corpora import load_corpus, load_manifest, select_utterances, write_selection
-    from serlib.grid import run_grid
+    from serlib.engines import make_engine
+    from serlib.grid import check_grid_runs
+    from serlib.locking import exclusive_lock
 
     if not isinstance(profile, Profile):
         profile = Profile.load(profile)
@@ -526,12 +527,52 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
                               f"(it has: {', '.join(profile.studies) or 'none'})")
         profile = dataclasses.replace(profile, grid=(), baselines=(),
                                       studies={k: profile.studies[k] for k in studies})
+    settings = profile.engine
+    # checked before anything is written: run names, engine and its settings
+    all_runs = check_grid_runs(profile.all_runs())
+    make_engine(engine or settings.get("name", "local"),
+                jobs=jobs if jobs is not None else settings.get("jobs"),
+                jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
+                else settings.get("jobs_per_gpu"),
+                address=address if address is not None else settings.get("address"))
     out = Path(out_dir).resolve()
+    # one grid at a time on an output folder: a second one is refused (naming the first)
+    # before it writes anything, so the selection the first one checked stays on disk
+    with exclusive_lock(out, what="grid output folder"):
+        return _select_and_train(profile, all_runs, out, data_root=data_root,
+                                 manifest=manifest, corpus=corpus, engine=engine, jobs=jobs,
+                                 jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet)
+
+
+def _check_selection_against_runs(selection, runs, runs_dir: Path) -> None:
+    """Every run folder already there must hold its run on this selection (read only):
+    otherwise refused, naming the fields that differ, before ``selection.csv`` is written."""
+    import warnings
+
+    from serlib import runs as run_folders
+    from serlib.training import prepare_run
+
+    for name, config in runs:
+        run_dir = runs_dir / name
+        if not run_dir.is_dir():
+            continue
+        setup = prepare_run(selection, config=config)
+        with warnings.catch_warnings():   # damage is reported by the grid, under the lock
+            warnings.simplefilter("ignore", run_folders.RunFolderWarning)
+            run_folders.check_config(run_dir, setup.resolved)
+
+
+def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manifest, corpus,
+                      engine, jobs, jobs_per_gpu, address, quiet):
+    from serlib.corpora import load_corpus, load_manifest, select_utterances, write_selection
+    from serlib.grid import run_grid
+
     data_root = corpus_for(profile, out, data_root=data_root, manifest=manifest, quiet=quiet)
     paths = book_paths(out, data_root=data_root, manifest=manifest, corpus=corpus)
     table = load_corpus(corpus, paths["data_root"]) if paths["data_root"] \
         else load_manifest(paths["manifest"])
     selection = select_utterances(table, **profile.selection)
+    _check_selection_against_runs(selection, all_runs, Path(paths["runs"]))
     write_selection(selection, paths["selection"])
     settings = profile.engine
     protocol = profile.training.get("protocol", "stratified")
@@ -544,7 +585,7 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
                      out_dir=Path(paths["runs"]) / f"baseline_{model}",
                      seed=int(profile.training.get("seed", 0)), cache_dir=paths["cache"],
                      progress=not quiet)
-    return run_grid(profile.all_runs(), selection=paths["selection"], cache_dir=paths["cache"],
+    return run_grid(all_runs, selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),
                     jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None

@@ -53,9 +53,10 @@ class FoldTask:
     run: str
     fold: int
     config: TrainConfig
-    selection: object          # DataFrame or CSV path, as given to run_grid
+    selection: object          # the selection as the parent read and checked it (DataFrame)
     run_dir: str
     cache_dir: str
+    fingerprint: str = ""      # its content hash (serlib.training.selection_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ def run_fold_task(task: FoldTask) -> dict:
         from serlib.engines import worker_device
         from serlib.training import prepare_run, train_folds
 
+        # the selection the parent checked, never a file another process may rewrite since
         setup = prepare_run(task.selection, config=task.config)
+        if task.fingerprint and setup.resolved["selection"]["fingerprint"] != task.fingerprint:
+            raise SerlibError(f"{task.run} fold {task.fold}: the selection differs from the "
+                              "one the grid checked")
         features = _features_for(setup, task.cache_dir)   # read from the store, not computed
         device = setup.device
         if device.type == "cuda" and worker_device() is not None:
@@ -124,7 +129,9 @@ def _name_of(setups: dict, setup) -> str:
     return next(name for name, s in setups.items() if s is setup)
 
 
-def _check_runs(runs) -> list[tuple[str, TrainConfig]]:
+def check_grid_runs(runs) -> list[tuple[str, TrainConfig]]:
+    """The grid's runs as a list, each a (name, TrainConfig) pair with a valid, unique folder
+    name; raises :class:`SerlibError` naming the first bad one. Writes nothing."""
     runs = list(runs)
     if not runs:
         raise SerlibError("the grid has no run")
@@ -186,14 +193,17 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
         prepare_run,
     )
 
-    runs = _check_runs(runs)
+    runs = check_grid_runs(runs)
     if cache_dir is None:
         raise SerlibError("run_grid needs a cache_dir: the folds read the features from it")
     runs_dir, cache_dir = Path(runs_dir).resolve(), Path(cache_dir).resolve()
     if isinstance(selection, (str, os.PathLike)):
         selection = str(Path(selection).resolve())
-    # 1. everything checked before anything is written
+    # 1. everything checked before anything is written; the selection is read once, here,
+    # and the workers train on this copy (by content hash), not on the file
     setups = {name: prepare_run(selection, config=config) for name, config in runs}
+    for name in setups:
+        run_folders.check_run_folder(runs_dir / name)
     cuda = any(s.device.type == "cuda" for s in setups.values())
     pool = make_engine(engine, jobs=jobs, jobs_per_gpu=jobs_per_gpu, address=address,
                        cuda=cuda)
@@ -249,8 +259,10 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
             return result
         say(f"[grid] {len(todo)} fold(s) of {len({n for n, _ in todo})} run(s) to train "
             f"({result.reused} finished on disk); {pool.describe()}")
-        tasks = [FoldTask(run=name, fold=k, config=setups[name].config, selection=selection,
-                          run_dir=str(runs_dir / name), cache_dir=str(cache_dir))
+        tasks = [FoldTask(run=name, fold=k, config=setups[name].config,
+                          selection=setups[name].selection, run_dir=str(runs_dir / name),
+                          cache_dir=str(cache_dir),
+                          fingerprint=setups[name].resolved["selection"]["fingerprint"])
                  for name, k in todo]
         failed_runs = set()
         bar = tqdm(total=len(tasks), desc="folds", unit="fold", disable=not progress)
@@ -269,9 +281,13 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
                 if len(done[task.run]) == len(setups[task.run].folds):
                     conclude(task.run)
         result.failures.sort(key=lambda f: (f.run, f.fold))
+        for name in failed_runs:   # a failed start must not block the corrected grid
+            if not has_config[name] and not done[name]:
+                run_folders.forget_failed_start(runs_dir / name)
     return result
 
 
-__all__ = ["FoldFailure", "FoldTask", "GridResult", "PAPER_PAIRS", "run_fold_task", "run_grid",
+__all__ = ["FoldFailure", "FoldTask", "GridResult", "PAPER_PAIRS", "check_grid_runs",
+           "run_fold_task", "run_grid",
            "run_name"]
 

@@ -25,6 +25,22 @@ from serlib.errors import SerlibError
 
 LOCK_NAME = ".lock"
 
+#: Descriptors of the locks this process holds: a forked child closes them at once, so that
+#: a worker process (feature pool, grid worker) never holds a lock past its parent's exit.
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
 
 class FolderLockedError(SerlibError):
     """Another process holds the folder's lock; the message names it."""
@@ -79,12 +95,14 @@ def exclusive_lock(folder: str | os.PathLike, *, what: str = "folder") -> Iterat
                   "command": " ".join(sys.argv)[:300], "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        _HELD.add(fd)
         try:
             yield path
         finally:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        _HELD.discard(fd)
         os.close(fd)
 
 

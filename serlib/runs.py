@@ -126,27 +126,102 @@ def read_config(run_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+def config_differences(on_disk: dict, now: dict) -> list[str]:
+    """What differs between two run identities (``config.json`` contents), one
+    ``"section.field: A on disk, B now"`` per field (the selection's path is not compared)."""
+    differences = []
+    for section, old, new in zip(("train", "features", "selection"), _identity(on_disk),
+                                 _identity(now)):
+        old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
+        for key in sorted(set(old) | set(new), key=str):
+            if old.get(key, "(absent)") != new.get(key, "(absent)"):
+                differences.append(f"{section}.{key}: {old.get(key, '(absent)')!r} on disk, "
+                                   f"{new.get(key, '(absent)')!r} now")
+    return differences
+
+
 def check_config(run_dir: str | os.PathLike, resolved: dict) -> bool:
     """Whether ``run_dir`` already has ``config.json`` for the run ``resolved`` describes.
 
     Returns False when the folder has no configuration yet. Raises :class:`SerlibError` when
-    it holds another run (other training or feature settings, or other utterances).
+    it holds another run (other training or feature settings, or other utterances), naming
+    every field that differs. Raises too when the folder holds files serlib did not write
+    (:func:`check_run_folder`).
     """
+    check_run_folder(run_dir)
     previous = read_config(run_dir)
     if previous is None:
         return False
     if _identity(previous) != _identity(resolved):
+        differences = config_differences(previous, resolved)
+        shown = "; ".join(differences[:8]) + (f"; and {len(differences) - 8} more"
+                                              if len(differences) > 8 else "")
         raise SerlibError(
-            f"{run_dir}: holds a run with a different configuration or selection; "
+            f"{run_dir}: holds a run with a different configuration or selection ({shown}); "
             "use another --out (or delete it) to start a new run"
         )
     return True
 
 
+#: The file that marks a folder as a serlib run folder (written before ``config.json``).
+MARKER = ".serlib-run"
+
+
+def _is_serlib_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(k in config for k in ("train", "features",
+                                                                  "selection"))
+
+
+def check_run_folder(run_dir: str | os.PathLike) -> None:
+    """Refuse a folder that holds files serlib did not write: serlib never writes over them.
+
+    A folder is a run folder when it holds :data:`MARKER` (or, for runs written before the
+    marker, a ``config.json`` with serlib's sections). A missing or empty folder (or one
+    holding only a lock or scratch files) is fine; anything else is refused, naming what is
+    there. Reads only.
+    """
+    from serlib.locking import LOCK_NAME
+
+    folder = Path(run_dir)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise SerlibError(f"{folder}: exists and is not a folder; a run folder is a folder")
+    if (folder / MARKER).is_file() or _is_serlib_config(folder / "config.json"):
+        return
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if p.name != LOCK_NAME and not p.name.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" (and {len(foreign) - 10} more)"
+                                           if len(foreign) > 10 else "")
+        raise SerlibError(
+            f"{folder}: not a serlib run folder (no {MARKER} or serlib config.json), and it "
+            f"holds {shown}; serlib never writes over files it did not write: give --out a "
+            "new or empty folder")
+
+
 def write_config(run_dir: str | os.PathLike, resolved: dict, *, device_type: str) -> Path:
-    """Write ``config.json`` (``resolved`` + commit + versions), atomically."""
+    """Write the run-folder marker and ``config.json`` (``resolved`` + commit + versions),
+    atomically."""
+    atomic_write_json(Path(run_dir) / MARKER, {"serlib": "run folder"})
     return atomic_write_json(Path(run_dir) / "config.json", {
         **resolved, "commit": commit_hash(), "versions": environment_versions(device_type)})
+
+
+def forget_failed_start(run_dir: str | os.PathLike) -> bool:
+    """After a run that stopped before any fold was finished: remove the ``config.json`` it
+    wrote, so that a corrected command is not refused as "another configuration". Only call
+    it while holding the folder's lock, for a config written by this call. Returns whether
+    it was removed (not when a fold folder is there)."""
+    folder = Path(run_dir)
+    if any(folder.glob("fold_*")):
+        return False
+    (folder / "config.json").unlink(missing_ok=True)
+    return True
 
 
 # ----------------------------------------------------------------------------- folds

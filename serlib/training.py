@@ -426,6 +426,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
                                       device=device, amp=config.amp,
                                       crop_frames=config.crop_frames)
+    _check_finite_probabilities(probabilities, config=config, fold=fold)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
         "state": _to_cpu(best["state"]),
@@ -466,6 +467,7 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
         if not math.isfinite(train_loss):
             raise SerlibError(_non_finite_message(train_loss, config=config, fold=fold,
                                                   epoch=epoch))
+        _check_finite_weights(model, config=config, fold=fold, epoch=epoch)
         if scheduler is not None:
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
@@ -494,12 +496,39 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
     return history, best
 
 
-def _non_finite_message(loss: float, *, config: TrainConfig, fold: int, epoch: int) -> str:
+def _check_finite_weights(model: torch.nn.Module, *, config: TrainConfig, fold: int,
+                          epoch: int) -> None:
+    """After an epoch's optimizer steps: every weight and buffer must be finite (the loss is
+    computed before the last step, so it can be finite while the step overflowed)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise SerlibError(_non_finite_message(float("nan"), config=config, fold=fold,
+                                              epoch=epoch, what="model weights"))
+
+
+def _check_finite_probabilities(probabilities: np.ndarray, *, config: TrainConfig,
+                                fold: int) -> None:
+    if not np.isfinite(probabilities).all():
+        raise SerlibError(_non_finite_message(float("nan"), config=config, fold=fold,
+                                              epoch=0, what="test probabilities"))
+
+
+def _non_finite_message(loss: float, *, config: TrainConfig, fold: int, epoch: int,
+                        what: str = "") -> str:
     causes = [f"learning rate lr={config.lr:g}"]
     if config.loss == "focal":
         causes.append(f"gamma={config.gamma:g}")
         if config.alpha is not None:
             causes.append(f"alpha={list(config.alpha)}")
+    if what:
+        where = f"fold {fold}" + (f", epoch {epoch}" if epoch else "")
+        return (f"{where}: the {what} are not finite (NaN or inf), so nothing of this fold "
+                f"is saved; the likely cause is {' or '.join(causes)} (try a smaller "
+                "learning rate)")
+    return _loss_message(loss, causes=causes, fold=fold, epoch=epoch)
+
+
+def _loss_message(loss: float, *, causes: list[str], fold: int, epoch: int) -> str:
     return (f"fold {fold}, epoch {epoch}: the training loss is {loss} (not finite), so the "
             f"model learns nothing; the likely cause is {' or '.join(causes)} (try a smaller "
             "learning rate)")
@@ -740,7 +769,8 @@ def load_features(setup: RunSetup, *, cache_dir: str | os.PathLike | None,
         device=str(device) if device.type == "cuda" else None,
     )
     if store.skipped:
-        shown = "; ".join(f"{path}: {reason}" for path, reason in store.skipped[:10])
+        shown = "; ".join(reason if str(reason).startswith(str(path)) else f"{path}: {reason}"
+                          for path, reason in store.skipped[:10])
         more = f" (and {len(store.skipped) - 10} more)" if len(store.skipped) > 10 else ""
         raise SerlibError(
             f"{len(store.skipped)} bad audio file(s) in the selection, so the run was not "
@@ -748,7 +778,20 @@ def load_features(setup: RunSetup, *, cache_dir: str | os.PathLike | None,
             "(serlib select, or drop their rows from the CSV), and run again")
     if len(store) != len(setup.selection):
         raise SerlibError("feature extraction left out some utterances")
+    _check_finite_features(store.features, setup.selection)
     return store.features
+
+
+def _check_finite_features(features: np.ndarray, selection: pd.DataFrame) -> None:
+    """Every feature value must be finite: a NaN clip would make every fold's loss NaN."""
+    bad = np.flatnonzero(~np.isfinite(features.reshape(len(features), -1)).all(axis=1))
+    if len(bad):
+        shown = ", ".join(str(selection["path"].iloc[i]) for i in bad[:5])
+        raise SerlibError(
+            f"{len(bad)} clip(s) have non-finite features (NaN or inf), so the run was not "
+            f"started: {shown}{' ...' if len(bad) > 5 else ''}; their audio holds samples "
+            "too large for the features (a float file not scaled to [-1, 1]?): fix or drop "
+            "them from the selection")
 
 
 def finished_folds(setup: RunSetup, out_dir: str | os.PathLike) -> dict[int, dict]:
@@ -900,6 +943,7 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
 
     setup = prepare_run(selection, config=config)
     out_dir = Path(out_dir)
+    runs.check_run_folder(out_dir)   # before the lock creates anything in a foreign folder
     # features before the lock: the feature pool's forked workers must not inherit the lock
     # (a worker outliving a killed parent would hold it)
     features = None if looks_finished(setup, out_dir) else \
@@ -914,8 +958,14 @@ def run_cross_validation(selection, *, config: TrainConfig, out_dir: str | os.Pa
             features = load_features(setup, cache_dir=cache_dir, progress=progress, n_jobs=1)
         if not has_config:
             runs.write_config(out_dir, setup.resolved, device_type=setup.device.type)
-        if todo:
-            done.update(train_folds(setup, features, out_dir, folds=todo, progress=progress))
+        try:
+            if todo:
+                done.update(train_folds(setup, features, out_dir, folds=todo,
+                                        progress=progress))
+        except BaseException:
+            if not has_config:   # a failed start must not block the corrected command
+                runs.forget_failed_start(out_dir)
+            raise
         return finish(setup, out_dir, done)
 
 
