@@ -232,6 +232,10 @@ def write_baseline_run(out_dir: str | os.PathLike, *, results: list[dict], selec
     out_dir = Path(out_dir)
     params = _check_model(model)
     labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
+    from serlib.runs import MARKER, check_run_folder
+
+    check_run_folder(out_dir)
+    atomic_write_json(out_dir / MARKER, {"serlib": "run folder"})
     atomic_write_json(out_dir / "config.json", {**resolved, "commit": commit_hash()})
     fold_metrics = []
     for result in results:
@@ -305,9 +309,27 @@ def run_baseline(selection, *, model: str, protocol: str, n_folds: int,
     from serlib.splits import make_folds
     from serlib.training import _prepare_selection, selection_fingerprint
 
+    from serlib import runs as run_folders
+    from serlib.config import MAX_FOLDS, MAX_SEED
+
     params = _check_model(model)
+    if model == "egemaps-svm":   # before any feature is computed
+        try:
+            import opensmile  # noqa: F401
+        except ImportError:
+            raise SerlibError("model='egemaps-svm' needs openSMILE: pip install "
+                              "'serlib[opensmile]' (opensmile>=2.5)") from None
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise SerlibError(f"seed={seed!r} is not valid: an integer from 0 to {MAX_SEED}")
+    if not (isinstance(n_folds, int) and 2 <= n_folds <= MAX_FOLDS):
+        raise SerlibError(f"folds={n_folds!r} is not valid: an integer from 2 to {MAX_FOLDS}")
+    run_folders.check_run_folder(out_dir)
     selection, selection_path = _prepare_selection(selection)
-    folds = make_folds(selection, protocol=protocol, n_folds=n_folds, seed=seed)
+    try:
+        folds = make_folds(selection, protocol=protocol, n_folds=n_folds, seed=seed)
+    except ValueError as error:   # scikit-learn's splitters: too many folds for the data
+        raise SerlibError(f"folds={n_folds} with protocol={protocol!r} on {len(selection)} "
+                          f"utterances: {error}") from None
     results = fit_baseline_folds(selection, model=model, folds=folds, cache_dir=cache_dir,
                                  progress=progress)
     corpus = str(selection["corpus"].iloc[0]) if "corpus" in selection else "unknown"

@@ -172,8 +172,9 @@ def _is_serlib_config(path: Path) -> bool:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and all(k in config for k in ("train", "features",
-                                                                  "selection"))
+    # a ResNet run ("train") or a baseline's ("baseline", serlib.baselines)
+    return isinstance(config, dict) and ("train" in config or "baseline" in config) \
+        and all(k in config for k in ("features", "selection"))
 
 
 def check_run_folder(run_dir: str | os.PathLike) -> None:

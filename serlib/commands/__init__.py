@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 
-def add_folds_arguments(parser, *, protocol: str = "stratified", folds: int = 5) -> None:
-    """``--protocol`` and ``--folds``, as every command that makes folds takes them."""
+def add_folds_arguments(parser, *, protocol: str | None = "stratified",
+                        folds: int | None = 5) -> None:
+    """``--protocol`` and ``--folds``, as every command that makes folds takes them (a None
+    default: "not given", filled in later by the command)."""
     parser.add_argument("--protocol", choices=("stratified", "session"), default=protocol,
                         help="stratified: the paper's folds; session: speaker-independent")
     parser.add_argument("--folds", type=int, default=folds)

@@ -5,47 +5,56 @@ from __future__ import annotations
 from serlib.commands import add_folds_arguments, add_run_folder_arguments
 
 
+#: Command-line flags (argparse dest) that set a TrainConfig field of the same name. Their
+#: argparse default is None ("not given"), so that a recipe fills only what was not given.
+TRAIN_FLAGS = ("feature", "loss", "gamma", "alpha", "protocol", "folds", "epochs", "width",
+               "batch_size", "optimizer", "lr", "weight_decay", "patience", "class_weights",
+               "beta", "sampler", "select_epoch", "seed", "device")
+
+
 def add_parser(subparsers):
     from serlib.config import CLASS_WEIGHTS, RECIPES, SAMPLERS, TrainConfig
 
-    d = TrainConfig()
+    shown = TrainConfig()            # the defaults, for the help text
     parser = subparsers.add_parser(
         "cv",
         help="run (or resume) a K-fold cross-validation of the ResNet-18",
         description="Extract features (cached), train one ResNet-18 per fold and write the run "
         "folder: config, per-fold metrics, predictions, curves and summary.json. A rerun of "
-        "the same command resumes after the last finished fold.",
+        "the same command resumes after the last finished fold. Flags not given take the "
+        "recipe's value, else TrainConfig's default: "
+        + ", ".join(f"{k} {getattr(shown, k)}" for k in TRAIN_FLAGS if k != "alpha") + ".",
     )
     parser.add_argument("--selection", required=True, help="selection CSV (serlib select)")
-    parser.add_argument("--feature", choices=("spectrogram", "mfcc"), default=d.feature)
-    parser.add_argument("--loss", choices=("focal", "softmax"), default=d.loss)
-    parser.add_argument("--gamma", type=float, default=d.gamma, help="focal loss gamma")
+    parser.add_argument("--feature", choices=("spectrogram", "mfcc"), default=None)
+    parser.add_argument("--loss", choices=("focal", "softmax"), default=None)
+    parser.add_argument("--gamma", type=float, default=None, help="focal loss gamma")
     parser.add_argument("--alpha", type=float, nargs=4, default=None,
                         metavar=("NEU", "HAP", "SAD", "ANG"), help="per-class focal weights")
-    add_folds_arguments(parser, protocol=d.protocol, folds=d.folds)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--width", type=int, default=d.width, help="ResNet base width (64)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=d.optimizer)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--patience", type=int, default=d.patience,
+    add_folds_arguments(parser, protocol=None, folds=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None, help="ResNet base width (64)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--patience", type=int, default=None,
                         help="early stopping on validation UA (0: off)")
-    parser.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=d.class_weights,
+    parser.add_argument("--class-weights", choices=CLASS_WEIGHTS, default=None,
                         help="inverse: n / (C n_c); effective: Cui et al. with --beta; from "
                         "each fold's training part (softmax: weighted CE; focal: its alpha)")
-    parser.add_argument("--beta", type=float, default=d.beta,
+    parser.add_argument("--beta", type=float, default=None,
                         help="effective-number beta (default 0.999)")
-    parser.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="balanced: class-balanced draws with replacement each epoch")
-    parser.add_argument("--select-epoch", choices=("best", "last"), default=d.select_epoch,
+    parser.add_argument("--select-epoch", choices=("best", "last"), default=None,
                         help="best: best validation UA (default); last: the final epoch, no "
                         "early stop (the paper's fixed number of epochs)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
-                        help="training recipe (serlib.config.RECIPES); flags left at their "
-                        "defaults take the recipe's values")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
+                        help="training recipe (serlib.config.RECIPES); flags not given take "
+                        "the recipe's values, a flag given always wins")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-amp", action="store_true",
                         help="float32 on CUDA instead of bf16 autocast (no effect on the CPU)")
     parser.add_argument("--float16", action="store_true", help="store features as float16")
@@ -54,25 +63,25 @@ def add_parser(subparsers):
     return parser
 
 
+def given_fields(args) -> dict:
+    """The TrainConfig fields the command line gave (a flag left out is not here, whatever
+    value it would have had)."""
+    fields = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if "alpha" in fields:
+        fields["alpha"] = tuple(fields["alpha"])
+    if args.no_amp:
+        fields["amp"] = False
+    if args.float16:
+        fields["feature_dtype"] = "float16"
+    return fields
+
+
 def run(args) -> int:
-    from serlib.config import RECIPES, TrainConfig
+    from serlib.config import TrainConfig
     from serlib.training import format_summary, run_cross_validation
 
-    config = TrainConfig(
-        feature=args.feature, loss=args.loss, gamma=args.gamma,
-        alpha=None if args.alpha is None else tuple(args.alpha), protocol=args.protocol,
-        folds=args.folds, epochs=args.epochs, width=args.width, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-        patience=args.patience, seed=args.seed, device=args.device, amp=not args.no_amp,
-        feature_dtype="float16" if args.float16 else "float32",
-        class_weights=args.class_weights, beta=args.beta, sampler=args.sampler,
-        select_epoch=args.select_epoch,
-    )
-    default = TrainConfig()
-    given = config.to_dict()
-    recipe = {k: v for k, v in RECIPES[args.recipe].items()
-              if given[k] == getattr(default, k)}   # flags set to other values win
-    config = TrainConfig.from_dict({**given, **recipe})
+    # the recipe fills what the command line did not give; an explicit flag always wins
+    config = TrainConfig.from_recipe(args.recipe, **given_fields(args))
     summary = run_cross_validation(args.selection, config=config, out_dir=args.out,
                                    cache_dir=args.cache, progress=not args.quiet)
     print(format_summary(summary))
