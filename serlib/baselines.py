@@ -306,11 +306,10 @@ def run_baseline(selection, *, model: str, protocol: str, n_folds: int,
     dict
         The content of ``summary.json``.
     """
-    from serlib.splits import make_folds
-    from serlib.training import _prepare_selection, selection_fingerprint
-
     from serlib import runs as run_folders
     from serlib.config import MAX_FOLDS, MAX_SEED
+    from serlib.splits import make_folds
+    from serlib.training import _prepare_selection, selection_fingerprint
 
     params = _check_model(model)
     if model == "egemaps-svm":   # before any feature is computed

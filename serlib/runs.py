@@ -131,7 +131,7 @@ def config_differences(on_disk: dict, now: dict) -> list[str]:
     ``"section.field: A on disk, B now"`` per field (the selection's path is not compared)."""
     differences = []
     for section, old, new in zip(("train", "features", "selection"), _identity(on_disk),
-                                 _identity(now)):
+                                 _identity(now), strict=True):
         old, new = old if isinstance(old, dict) else {}, new if isinstance(new, dict) else {}
         for key in sorted(set(old) | set(new), key=str):
             if old.get(key, "(absent)") != new.get(key, "(absent)"):

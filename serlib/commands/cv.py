@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from serlib.commands import add_folds_arguments, add_run_folder_arguments
 
-
 #: Command-line flags (argparse dest) that set a TrainConfig field of the same name. Their
 #: argparse default is None ("not given"), so that a recipe fills only what was not given.
 TRAIN_FLAGS = ("feature", "loss", "gamma", "alpha", "protocol", "folds", "epochs", "width",

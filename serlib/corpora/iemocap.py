@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
 from serlib.errors import SerlibError
+from serlib.features.audio import audio_info
 
 #: Folder name of the official release; the loader also accepts any folder shaped like it.
 RELEASE_NAME = "IEMOCAP_full_release"
@@ -250,11 +250,10 @@ def load_iemocap(root: str | os.PathLike, *, progress: bool = False) -> pd.DataF
             except SerlibError as error:
                 raise SerlibError(f"{evaluation}, line {row['line']}: {error}") from None
             wav = session_dir / "sentences" / "wav" / uid.dialog / f"{row['utterance_id']}.wav"
-            try:
-                duration = sf.info(str(wav)).duration
-            except (OSError, RuntimeError):
+            if not wav.exists():
                 missing.append(str(wav))
                 continue
+            _, _, duration = audio_info(wav)   # a FIFO, unreadable file: named
             rows.append({
                 "utterance_id": row["utterance_id"],
                 "path": str(wav.resolve()),

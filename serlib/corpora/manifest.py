@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
 from serlib._io import read_text_csv
 from serlib.corpora.iemocap import COLUMNS, as_corpus_table
 from serlib.errors import SerlibError
+from serlib.features.audio import audio_info
 
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 
@@ -35,6 +35,8 @@ def load_manifest(csv_path: str | os.PathLike) -> pd.DataFrame:
     csv_path = Path(csv_path).expanduser()
     # every cell a string: a file null.wav or a speaker NA is not a missing value
     manifest = read_text_csv(csv_path, what="manifest CSV")
+    # a header written "path, label, speaker" names the columns without the spaces
+    manifest.columns = [str(c).strip() for c in manifest.columns]
     absent = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if absent:
         raise SerlibError(
@@ -53,9 +55,9 @@ def load_manifest(csv_path: str | os.PathLike) -> pd.DataFrame:
         wav = Path(record["path"])
         wav = wav if wav.is_absolute() else base / wav
         try:
-            duration = sf.info(str(wav)).duration
-        except (OSError, RuntimeError) as error:
-            raise SerlibError(f"{where}: cannot read audio file {wav}: {error}") from None
+            _, _, duration = audio_info(wav)
+        except SerlibError as error:
+            raise SerlibError(f"{where}: {error}") from None
         session = record.get("session", "").strip()
         if session and not session.isdigit():
             raise SerlibError(f"{where}: session must be an integer, got {session!r}")

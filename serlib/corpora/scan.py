@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
 from serlib.corpora.iemocap import COLUMNS, as_corpus_table
 from serlib.errors import SerlibError
+from serlib.features.audio import audio_info
 
 #: The suffix of the corpora's audio files (compared case-insensitively).
 AUDIO_SUFFIX = ".wav"
@@ -173,11 +173,8 @@ def build_table(
         if isinstance(fields, str):
             skipped[fields] += 1
             continue
-        try:
-            info = sf.info(str(path))
-        except (OSError, RuntimeError) as error:
-            raise SerlibError(f"{path}: cannot read audio file: {error}") from None
-        if info.frames == 0:
+        frames, _, duration = audio_info(path)   # names a FIFO, an unreadable file
+        if frames == 0:
             skipped[EMPTY] += 1
             continue
         rows.append({
@@ -187,7 +184,7 @@ def build_table(
             "improvised": True, "n_agree": None,
             **fields,
             "path": str(path),
-            "duration_s": float(info.duration),
+            "duration_s": float(duration),
             "start_s": float("nan"), "end_s": float("nan"),
             "corpus": corpus,
         })

@@ -23,6 +23,13 @@ _DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE
 _UNKNOWN_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
 
 
+#: Largest sample magnitude taken (integer formats decode to [-1, 1]; float files may hold
+#: anything, and samples near 1e30 overflow the power spectrogram to inf and NaN features).
+MAX_ABS_SAMPLE = 1e6
+#: A 2-D waveform with more rows than this is taken as (n_samples, channels), not channels.
+MAX_CHANNELS = 64
+
+
 class SilentAudioWarning(UserWarning):
     """An audio file whose decoded samples are all zero (its features are the dB floor)."""
 
@@ -57,19 +64,21 @@ def load_audio(
     SilentAudioWarning
         Naming the file, when every decoded sample is zero.
     """
-    name = str(path)
+    name = display_name(path)
     try:
-        with sf.SoundFile(name) as f:
+        with open_audio(path) as f:
             sr = int(f.samplerate)
             _check_not_truncated(f, name)
             frames = -1
             if max_seconds is not None:
                 frames = math.ceil((max_seconds + RESAMPLE_MARGIN_SECONDS) * sr)
             data = f.read(frames=frames, dtype="float32", always_2d=True)  # (n, channels)
+    except SerlibError:
+        raise
     except FileNotFoundError as error:
         raise SerlibError(f"{name}: audio file not found") from error
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        if not Path(name).exists():
+        if not Path(path).exists():
             raise SerlibError(f"{name}: audio file not found") from error
         raise SerlibError(f"{name}: unreadable audio file ({error})") from error
     y = np.ascontiguousarray(data.T)  # (channels, n)
@@ -79,6 +88,63 @@ def load_audio(
         warnings.warn(f"{name}: silent audio (every sample in {what} is zero); its features "
                       "are the dB floor", SilentAudioWarning, stacklevel=2)
     return y, sr
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 in a file name (kept by Python
+    as surrogates) are shown as ``\\xNN`` escapes instead of failing to print."""
+    name = os.fspath(path)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Raise SerlibError unless ``path`` is a regular file this process may read: a FIFO,
+    a device or a folder is named (opening a FIFO would wait forever for a writer)."""
+    import stat
+
+    name = display_name(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SerlibError(f"{name}: audio file not found") from None
+    except OSError as error:
+        raise SerlibError(f"{name}: cannot read the audio file ({error.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else \
+            "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise SerlibError(f"{name}: is {kind}, not an audio file; give regular files")
+    if not os.access(path, os.R_OK):
+        raise SerlibError(f"{name}: permission denied (the file is not readable by this "
+                          "user)")
+
+
+def open_audio(path: str | os.PathLike) -> sf.SoundFile:
+    """A :class:`soundfile.SoundFile` on ``path``, opened by Python (so that any file name,
+    even one that is not UTF-8, works), after :func:`check_regular_file`."""
+    check_regular_file(path)
+    try:
+        handle = open(path, "rb")   # noqa: SIM115 - closed with the SoundFile
+    except PermissionError:
+        raise SerlibError(f"{display_name(path)}: permission denied") from None
+    try:
+        return sf.SoundFile(handle)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def audio_info(path: str | os.PathLike):
+    """``(frames, sample_rate, duration_s)`` from the file's header, as ``soundfile.info``
+    gives them, after :func:`check_regular_file`. Raises SerlibError naming the file."""
+    try:
+        with open_audio(path) as f:
+            return int(f.frames), int(f.samplerate), f.frames / f.samplerate
+    except SerlibError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, OSError) as error:
+        raise SerlibError(f"{display_name(path)}: unreadable audio file ({error})") from None
 
 
 def _check_not_truncated(f: sf.SoundFile, name: str) -> None:
@@ -99,6 +165,11 @@ def check_samples(y: np.ndarray, *, name: str = "waveform") -> None:
     if not np.all(np.isfinite(y)):
         n_bad = int(np.count_nonzero(~np.isfinite(y)))
         raise SerlibError(f"{name}: audio has {n_bad} NaN or inf samples")
+    peak = float(np.max(np.abs(y)))
+    if peak > MAX_ABS_SAMPLE:
+        raise SerlibError(f"{name}: audio has samples up to {peak:.3g} in magnitude (at most "
+                          f"{MAX_ABS_SAMPLE:g}: a float file not scaled to [-1, 1]?); its "
+                          "spectrogram would overflow to inf/NaN")
 
 
 def file_identity(path: str | os.PathLike) -> dict:

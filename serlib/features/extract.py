@@ -28,6 +28,7 @@ import numpy as np
 
 from serlib.errors import SerlibError
 from serlib.features.audio import (
+    MAX_CHANNELS,
     RESAMPLE_MARGIN_SECONDS,
     check_samples,
     load_audio,
@@ -101,7 +102,7 @@ def _prepare(
         raise SerlibError(f"{name}: audio must be floating point, got dtype {y.dtype}")
     if y.ndim == 2:
         check_samples(y, name=name)
-        if y.shape[0] > y.shape[1]:
+        if y.shape[0] > y.shape[1] and y.shape[0] > MAX_CHANNELS:
             raise SerlibError(
                 f"{name}: audio of shape {y.shape} looks like (n_samples, channels); "
                 "pass (channels, n_samples)"
