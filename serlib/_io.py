@@ -4,6 +4,7 @@ CSV reader for selection and manifest tables (strings stay strings)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -32,6 +33,59 @@ def _honour_umask(path: Path, *, directory: bool = False) -> None:
     os.chmod(path, base & ~_umask())
 
 
+#: errno values that mean "the disk (or the quota) is full".
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full_error(error: BaseException, path: str | os.PathLike) -> SerlibError | None:
+    """A :class:`SerlibError` "no space left on device: PATH" when ``error`` says the disk
+    or quota is full (an OSError with ENOSPC/EDQUOT, or torch's stream writer failing), else
+    None."""
+    if isinstance(error, OSError) and error.errno in _FULL:
+        return SerlibError(f"no space left on device: {path} ({error.strerror}); free some "
+                           "space and run again (finished work is kept)")
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a named :class:`SerlibError`."""
+    try:
+        yield
+    except OSError as error:
+        named = disk_full_error(error, path)
+        if named is None:
+            raise
+        raise named from None
+
+
+def check_output_file(path: str | os.PathLike, *, what: str,
+                      inputs: tuple = ()) -> Path:
+    """Check, before any work, that ``path`` can be written: not one of ``inputs`` (a file
+    the command reads), not a folder, and in a folder this process can create files in
+    (tried with a temporary file, removed at once). Returns ``path``; writes nothing that
+    stays."""
+    path = Path(path)
+    for item in inputs:
+        if item is not None and Path(item).exists() and path.exists() \
+                and os.path.samefile(path, item):
+            raise SerlibError(f"{path}: the {what} would overwrite an input of this command "
+                              f"({item}); write it elsewhere")
+    if path.is_dir():
+        raise SerlibError(f"{path}: is a folder; the {what} is a file")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".serlib-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise SerlibError(f"{path}: cannot write the {what} there ({folder}: "
+                          f"{error.strerror})") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -39,14 +93,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     _honour_umask(tmp_path)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with disk_errors(path):
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -59,11 +115,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` is replaced. On an exception the temporary directory is removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     _honour_umask(tmp, directory=True)
     try:
-        yield tmp
+        with disk_errors(path):
+            yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)

@@ -49,6 +49,7 @@ from serlib._io import atomic_path, atomic_write_json
 from serlib.augment import clip_frames, utterance_normalise
 from serlib.errors import SerlibError
 from serlib.features import FeatureConfig, extract, load_audio
+from serlib.features.audio import display_name
 
 #: Format of the JSON file written beside an exported ONNX model.
 ONNX_FORMAT = "serlib-onnx-ensemble"
@@ -200,16 +201,40 @@ def _load_fold(path: Path, *, device):
                           f"{error})") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise SerlibError(f"{path}: unreadable checkpoint ({error})") from None
+    except SerlibError:
+        raise
+    except Exception as error:  # noqa: BLE001 - e.g. IndexError on text bytes: not a checkpoint
+        raise SerlibError(f"{path}: unreadable checkpoint ({type(error).__name__}: "
+                          f"{str(error)[:200]})") from None
     from serlib.training import TrainConfig
 
-    config = TrainConfig.from_dict(checkpoint["train_config"])
+    try:
+        config = TrainConfig.from_dict(checkpoint["train_config"])
+    except SerlibError as error:
+        raise SerlibError(f"{path}: {error}") from None
     for key in ("mean", "std", "class_names"):
         if key not in checkpoint:
             raise SerlibError(f"{path}: not a serlib checkpoint (no {key!r})")
+    _check_finite_checkpoint(path, checkpoint)
     model = model.to(device, memory_format=torch.channels_last).eval()
     mean = checkpoint["mean"].numpy().astype(np.float32)
     std = checkpoint["std"].numpy().astype(np.float32)
     return model, mean, std, config, tuple(checkpoint["class_names"])
+
+
+def _check_finite_checkpoint(path: Path, checkpoint: dict) -> None:
+    """A checkpoint whose weights or normalisation hold NaN or inf would predict NaN."""
+    import torch
+
+    tensors = {f"model.{k}": v for k, v in checkpoint["model"].items()}
+    tensors.update(mean=checkpoint["mean"], std=checkpoint["std"])
+    bad = [name for name, t in tensors.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point()
+           and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SerlibError(f"{path}: holds non-finite (NaN or inf) values in "
+                          f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}: the fold's "
+                          "training diverged (too large a learning rate?); retrain it")
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -242,7 +267,7 @@ def _as_mono(y: np.ndarray, *, name: str) -> np.ndarray:
     """(n,) or (channels, n) float -> (n,) float32, validated as serlib.features does."""
     import librosa
 
-    from serlib.features.audio import check_samples
+    from serlib.features.audio import MAX_CHANNELS, check_samples
 
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.floating):
@@ -251,7 +276,7 @@ def _as_mono(y: np.ndarray, *, name: str) -> np.ndarray:
         raise SerlibError(f"{name}: audio must have 1 or 2 dimensions, got shape {y.shape}")
     check_samples(y, name=name)
     if y.ndim == 2:
-        if y.shape[0] > y.shape[1]:
+        if y.shape[0] > y.shape[1] and y.shape[0] > MAX_CHANNELS:
             raise SerlibError(f"{name}: audio of shape {y.shape} looks like (n_samples, "
                               "channels); pass (channels, n_samples)")
         y = librosa.to_mono(y)
@@ -333,10 +358,13 @@ class Predictor:
         config = _read_json(run_dir / "config.json", "run config")
         try:
             train = TrainConfig.from_dict(config["train"])
+            feature_config = (FeatureConfig.from_dict(config["features"])
+                              if "features" in config else FeatureConfig.preset(train.feature))
         except KeyError:
             raise SerlibError(f"{run_dir / 'config.json'}: has no 'train' section") from None
-        feature_config = (FeatureConfig.from_dict(config["features"]) if "features" in config
-                          else FeatureConfig.preset(train.feature))
+        except (SerlibError, TypeError, ValueError, AttributeError) as error:
+            raise SerlibError(f"{run_dir / 'config.json'}: not a valid run config "
+                              f"({error})") from None
         if train.crop_frames:
             raise SerlibError(f"{run_dir}: trained on random crops (crop_frames="
                               f"{train.crop_frames}); predicting such runs is not supported yet")
@@ -462,7 +490,21 @@ class Predictor:
                for i in range(0, len(features), self.batch_size)]
         if not out:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        probabilities = np.concatenate(out).astype(np.float32, copy=False)
+        if not np.isfinite(probabilities).all():
+            rows = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+            raise SerlibError(f"{self.source}: non-finite (NaN or inf) probabilities for "
+                              f"{len(rows)} of {len(probabilities)} feature matrices (first: "
+                              f"row {rows[0]}); their features or the model hold NaN/inf")
+        return probabilities
+
+    @staticmethod
+    def _named(name: str, function, *args, **kwargs):
+        """``function(*args, **kwargs)``, its SerlibError prefixed with the recording's name."""
+        try:
+            return function(*args, **kwargs)
+        except SerlibError as error:
+            raise SerlibError(f"{name}: {error}") from None
 
     def window_starts(self, n_samples: int) -> np.ndarray:
         """First sample of each window of a recording of ``n_samples`` samples at the
@@ -512,7 +554,8 @@ class Predictor:
             features = extract(y, sr=int(sample_rate), config=config, name=name)[None]
             starts_s = np.zeros(1)
             ends_s = np.array([min(duration_s, config.max_seconds)])
-            probs = self.predict_features(features, durations_s=[duration_s])
+            probs = self._named(name, self.predict_features, features,
+                                durations_s=[duration_s])
         else:
             mono = _as_mono(y, name=name)
             if sample_rate != config.sample_rate:
@@ -529,8 +572,8 @@ class Predictor:
                     for a, b in zip(starts[i:i + self.batch_size],
                                     stops[i:i + self.batch_size], strict=True)
                 ])                                              # (b, F, T)
-                probs.append(self.predict_features(
-                    block, durations_s=(stops[i:i + self.batch_size]
+                probs.append(self._named(
+                    name, self.predict_features, block, durations_s=(stops[i:i + self.batch_size]
                                         - starts[i:i + self.batch_size]) / config.sample_rate))
             probs = np.concatenate(probs)                       # (n_windows, C)
             starts_s = starts / config.sample_rate
@@ -548,12 +591,13 @@ class Predictor:
         Raises SerlibError naming the file when it is missing, unreadable, truncated, empty or
         has NaN/inf samples.
         """
+        name = display_name(path)           # printable even when not UTF-8
         y, sr = load_audio(path)                                # (channels, n)
-        prediction = self.predict_waveform(y, sample_rate=sr, name=str(path), long=long)
+        prediction = self.predict_waveform(y, sample_rate=sr, name=name, long=long)
         return Prediction(probabilities=prediction.probabilities,
                           class_names=prediction.class_names,
                           duration_s=prediction.duration_s, windows=prediction.windows,
-                          path=str(path))
+                          path=name)
 
     # ------------------------------------------------------------------ export
     def to_onnx(self, path: str | os.PathLike, *, check: bool = True) -> dict:
@@ -661,6 +705,9 @@ class Predictor:
                     expected = module(example).numpy()
                 got = Predictor.from_onnx(path).predict_features(example[:, 0].numpy())
                 diff = float(np.abs(got - expected).max())
+                if not math.isfinite(diff):
+                    raise SerlibError(f"{path}: onnxruntime and torch disagree by {diff} "
+                                      "(non-finite); the exported model is not usable")
         return {**meta, "max_abs_diff": diff}
 
 

@@ -29,6 +29,7 @@ This module imports torch only where a checkpoint is read.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -237,8 +238,10 @@ def write_fold(run_dir: str | os.PathLike, fold: int, *, checkpoint: dict, metri
     missing = [k for k in METRIC_KEYS if k not in metrics]
     if missing:
         raise SerlibError(f"fold {fold}: metrics lack {', '.join(missing)}")
+    buffer = io.BytesIO()      # serialised in memory: a full disk is then a plain OSError
+    torch.save(checkpoint, buffer)
     with atomic_directory(fold_dir(run_dir, fold)) as tmp:
-        torch.save(checkpoint, tmp / "checkpoint.pt")
+        (tmp / "checkpoint.pt").write_bytes(buffer.getbuffer())
         predictions.to_csv(tmp / "predictions.csv", index=False)
         history.to_csv(tmp / "history.csv", index=False)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

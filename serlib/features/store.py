@@ -24,6 +24,7 @@ index, a ``.tmp`` file) are removed by the next writer, under the lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -302,8 +303,7 @@ class FeatureStore:
             atomic_write_json(config_path, self.config.to_dict())
         name = f"features-{self.dtype.name}-{secrets.token_hex(6)}.npy"
         with atomic_path(self.root / name) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
-                                            shape=(len(rows), *self.config.shape))
+            out = _allocated_memmap(tmp, dtype=self.dtype, shape=(len(rows), *self.config.shape))
             for row, features in enumerate(rows):
                 out[row] = features
             out.flush()
@@ -326,8 +326,7 @@ class FeatureStore:
         uids = list(index.entries)
         name = f"features-{self.dtype.name}-{secrets.token_hex(6)}.npy"
         with atomic_path(self.root / name) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype,
-                                            shape=(len(uids), *self.config.shape))
+            out = _allocated_memmap(tmp, dtype=self.dtype, shape=(len(uids), *self.config.shape))
             for start in range(0, len(uids), 256):
                 chunk = uids[start : start + 256]
                 out[start : start + len(chunk)] = self.read(index, chunk)
@@ -343,6 +342,23 @@ class FeatureStore:
         for stale in self.root.glob(f"features-{self.dtype.name}-*.npy"):
             if stale.name not in index.shards:
                 stale.unlink(missing_ok=True)
+
+
+def _allocated_memmap(path: Path, *, dtype: np.dtype, shape: tuple) -> np.memmap:
+    """A new ``.npy`` memory map whose every block is allocated on disk first: on a full disk
+    this raises OSError (ENOSPC, named by the caller) instead of the process dying of SIGBUS
+    when a page of a sparse file cannot be written."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            del out
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return np.lib.format.open_memmap(path, mode="r+")   # no fallocate here
+            raise
+    return out
 
 
 __all__ = ["MAX_SHARDS", "STORE_VERSION", "FeatureSet", "FeatureStore", "StoreIndex",
