@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from serlib import __version__
 from serlib.errors import SerlibError
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    formatwarning = warnings.formatwarning
+    # a warning is one line for the user, "serlib cv: warning: ...", without the source line
+    warnings.formatwarning = lambda message, category, *_, **__: \
+        f"serlib {args.command}: warning: {message}\n"
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_stdout()
         return 141
     finally:
+        warnings.formatwarning = formatwarning
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

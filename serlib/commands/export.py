@@ -23,11 +23,47 @@ def add_parser(subparsers):
     return parser
 
 
+def _is_export_description(path) -> bool:
+    import json
+
+    from serlib.inference import ONNX_FORMAT
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == ONNX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_export_targets(run, onnx) -> None:
+    """Refuse, before any work, to write the ``.onnx`` file or its ``.json`` description
+    over a file that is not an earlier export (a run's ``config.json``, anything of the
+    user's), or into the run folder itself, and check the folder can be written."""
+    from pathlib import Path
+
+    from serlib._io import check_output_file
+    from serlib.errors import SerlibError
+
+    onnx = Path(onnx)
+    description = onnx.with_suffix(".json")
+    if Path(run).is_dir() and onnx.resolve().parent.is_relative_to(Path(run).resolve()):
+        raise SerlibError(f"--onnx {onnx}: inside the run folder {run}; serlib never writes "
+                          "over a run's files (its config.json, folds): write it elsewhere")
+    if description.exists() and not _is_export_description(description):
+        raise SerlibError(f"--onnx {onnx}: would overwrite {description}, which is not an "
+                          "ONNX description serlib wrote; choose another file name")
+    if onnx.exists() and not description.exists():
+        raise SerlibError(f"--onnx {onnx}: exists and has no serlib description beside it "
+                          f"({description}); serlib does not overwrite a file it did not "
+                          "write: choose another file name")
+    check_output_file(onnx, what="ONNX file")
+
+
 def run(args) -> int:
     from pathlib import Path
 
     from serlib.inference import Predictor
 
+    check_export_targets(args.run, args.onnx)
     predictor = Predictor.from_run(args.run, folds=args.folds, device="cpu")
     meta = predictor.to_onnx(args.onnx, check=not args.no_check)
     n_features, n_frames = predictor.feature_config.shape

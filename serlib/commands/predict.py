@@ -80,14 +80,21 @@ def run(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
+    from serlib._io import check_output_file
     from serlib.errors import SerlibError
     from serlib.inference import Predictor
 
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise SerlibError(f"--out {args.out}: expected a .csv or .json file name")
+    files, failures = audio_files(args.paths)
+    if args.out is not None:   # before any recording is read: writable, and not an input
+        check_output_file(args.out, what="predictions file", inputs=tuple(files))
+        if Path(args.run).is_dir() and Path(args.out).resolve().parent.is_relative_to(
+                Path(args.run).resolve()):
+            raise SerlibError(f"--out {args.out}: inside the run folder {args.run}; serlib "
+                              "never writes over a run's files: write it elsewhere")
     predictor = Predictor.from_run(args.run, folds=args.folds, device=args.device,
                                    hop_seconds=args.hop)
-    files, failures = audio_files(args.paths)
     for message in failures:
         tqdm.write(f"serlib predict: {message}", file=sys.stderr)
     rows, n_file_failures = [], 0

@@ -67,9 +67,15 @@ def load_table(args):
 def run(args) -> int:
     import pandas as pd
 
+    from serlib._io import check_output_file
     from serlib.corpora import label_counts, select_utterances, write_selection
+    from serlib.corpora.selection import _check_options
     from serlib.errors import SerlibError
 
+    # checked before the corpus is read: the options, and that --out can be written and is
+    # not the manifest this command reads
+    _check_options(("neutral",), min_agree=args.min_agree, max_seconds=args.max_seconds)
+    check_output_file(args.out, what="selection CSV", inputs=(args.manifest,))
     table, source = load_table(args)
     selected = select_utterances(
         table, improvised_only=not args.scripted, merge_excited=args.merge_excited,

@@ -9,6 +9,7 @@ older serlib) means the paper's 6 s.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,13 +29,21 @@ def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
     return classes
 
 
+#: Longest clip length a selection may ask for: 10 minutes (the paper cuts at 6 s; each clip
+#: of the feature store takes max_seconds x 128 bands x 43 frames/s x 4 bytes).
+MAX_CLIP_SECONDS = 600.0
+
+
 def _check_options(classes: Sequence[str], *, min_agree: int, max_seconds: float
                    ) -> tuple[str, ...]:
     classes = _check_classes(classes)
     if min_agree < 0:
         raise SerlibError(f"min_agree={min_agree!r} must be >= 0")
-    if not max_seconds > 0:
-        raise SerlibError(f"max_seconds={max_seconds!r} must be > 0 (seconds)")
+    if isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float)) \
+            or not math.isfinite(max_seconds) or not 0 < max_seconds <= MAX_CLIP_SECONDS:
+        raise SerlibError(f"max_seconds={max_seconds!r} must be a number of seconds in "
+                          f"(0, {MAX_CLIP_SECONDS:g}] (every clip is cut or padded to it, so "
+                          "the feature store grows with it)")
     return classes
 
 
