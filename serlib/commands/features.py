@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         f"skipped {len(result.skipped)})"
     )
     for path, reason in result.skipped:
-        print(f"skipped {path}: {reason}")
+        # the reason names the file already ("PATH: unreadable audio file ...")
+        print(f"skipped {reason}" if str(reason).startswith(f"{path}") else
+              f"skipped {path}: {reason}")
     print(f"store: {result.store_path}")
     return 0
