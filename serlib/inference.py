@@ -49,7 +49,7 @@ from serlib._io import atomic_path, atomic_write_json
 from serlib.augment import clip_frames, utterance_normalise
 from serlib.errors import SerlibError
 from serlib.features import FeatureConfig, extract, load_audio
-from serlib.features.audio import display_name
+from serlib.features.audio import audio_info, display_name
 
 #: Format of the JSON file written beside an exported ONNX model.
 ONNX_FORMAT = "serlib-onnx-ensemble"
@@ -57,6 +57,8 @@ ONNX_FORMAT_VERSION = 1
 ONNX_INPUT, ONNX_OUTPUT = "features", "probabilities"
 ONNX_OPSET = 18
 LONG_MODES = ("windows", "cut")
+#: Recordings longer than this (seconds) are decoded window by window (predict_file).
+STREAM_SECONDS = 60.0
 
 
 # ----------------------------------------------------------------------------- results
@@ -592,12 +594,84 @@ class Predictor:
         has NaN/inf samples.
         """
         name = display_name(path)           # printable even when not UTF-8
+        if long == "windows":
+            frames, sr, duration_s = audio_info(path)
+            if duration_s > STREAM_SECONDS:   # decoded and resampled window by window
+                return self._predict_stream(path, name=name)
         y, sr = load_audio(path)                                # (channels, n)
         prediction = self.predict_waveform(y, sample_rate=sr, name=name, long=long)
         return Prediction(probabilities=prediction.probabilities,
                           class_names=prediction.class_names,
                           duration_s=prediction.duration_s, windows=prediction.windows,
                           path=name)
+
+    def _predict_stream(self, path: str | os.PathLike, *, name: str) -> Prediction:
+        """:meth:`predict_file` of a long recording, reading only one window (plus a
+        resampling margin) at a time: memory stays that of a batch of windows, however long
+        the file. Each window is resampled from a start on the resampling grid (a multiple
+        of ``sr / gcd(sr, target)`` input samples), so that its samples fall where the whole
+        file's resampling puts them; the margin gives the filter the same neighbourhood."""
+        import librosa
+        import soxr
+
+        from serlib.features.audio import (
+            RESAMPLE_MARGIN_SECONDS,
+            _check_not_truncated,
+            check_samples,
+            open_audio,
+        )
+
+        config = self.feature_config
+        target = config.sample_rate
+        with open_audio(path) as f:
+            _check_not_truncated(f, name)
+            sr, n_input = int(f.samplerate), int(f.frames)
+            step = sr // math.gcd(sr, target)                   # input samples per grid step
+            n_resampled = math.ceil(n_input * target / sr) if sr != target else n_input
+            margin = math.ceil(RESAMPLE_MARGIN_SECONDS * sr)
+
+            def window(a: int, b: int) -> np.ndarray:          # target samples [a, b)
+                if sr == target:
+                    lo, hi = a, b
+                else:
+                    lo = max(0, (a * sr // target - margin) // step * step)
+                    hi = min(n_input, math.ceil(b * sr / target) + margin)
+                f.seek(lo)
+                data = f.read(hi - lo, dtype="float32", always_2d=True).T  # (channels, n)
+                where = f"{name} [{a / target:.2f} s]"
+                check_samples(data, name=where)
+                mono = librosa.to_mono(data) if len(data) > 1 else data[0]
+                if sr == target:
+                    return mono
+                resampled = soxr.resample(mono, sr, target, quality=config.resample_type)
+                if hi == n_input:   # the file's end: the length librosa.resample fixes
+                    resampled = librosa.util.fix_length(
+                        resampled, size=n_resampled - lo * target // sr)
+                first = a - lo * target // sr
+                return resampled[first:first + (b - a)]
+
+            starts = self.window_starts(n_resampled)
+            stops = np.minimum(starts + config.n_samples, n_resampled)
+            probs = []
+            for i in range(0, len(starts), self.batch_size):
+                block = np.stack([
+                    extract(window(int(a), int(b)), sr=target, config=config,
+                            name=f"{name} [{a / target:.2f} s]")
+                    for a, b in zip(starts[i:i + self.batch_size],
+                                    stops[i:i + self.batch_size], strict=True)
+                ])                                              # (b, F, T)
+                probs.append(self._named(
+                    name, self.predict_features, block, durations_s=(
+                        stops[i:i + self.batch_size] - starts[i:i + self.batch_size]) / target))
+        probs = np.concatenate(probs)                           # (n_windows, C)
+        duration_s = n_input / sr
+        windows = pd.DataFrame({"start_s": starts / target,
+                                "end_s": np.minimum(stops / target, duration_s),
+                                **{f"p_{c}": probs[:, k]
+                                   for k, c in enumerate(self.class_names)}})
+        return Prediction(probabilities=probs.mean(axis=0).astype(np.float32),
+                          class_names=self.class_names, duration_s=float(duration_s),
+                          windows=windows, path=name)
 
     # ------------------------------------------------------------------ export
     def to_onnx(self, path: str | os.PathLike, *, check: bool = True) -> dict:
