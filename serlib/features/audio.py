@@ -80,7 +80,7 @@ def load_audio(
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
         if not Path(path).exists():
             raise SerlibError(f"{name}: audio file not found") from error
-        raise SerlibError(f"{name}: unreadable audio file ({error})") from error
+        raise SerlibError(f"{name}: unreadable audio file ({_reason(error)})") from error
     y = np.ascontiguousarray(data.T)  # (channels, n)
     check_samples(y, name=name)
     if not y.any():
@@ -88,6 +88,12 @@ def load_audio(
         warnings.warn(f"{name}: silent audio (every sample in {what} is zero); its features "
                       "are the dB floor", SilentAudioWarning, stacklevel=2)
     return y, sr
+
+
+def _reason(error: BaseException) -> str:
+    """libsndfile's own words ("Format not recognised."), without the repr of the file object
+    it was given."""
+    return getattr(error, "error_string", None) or str(error)
 
 
 def display_name(path: str | os.PathLike) -> str:
@@ -144,7 +150,8 @@ def audio_info(path: str | os.PathLike):
     except SerlibError:
         raise
     except (sf.LibsndfileError, RuntimeError, OSError) as error:
-        raise SerlibError(f"{display_name(path)}: unreadable audio file ({error})") from None
+        raise SerlibError(f"{display_name(path)}: unreadable audio file ({_reason(error)})"
+                          ) from None
 
 
 def _check_not_truncated(f: sf.SoundFile, name: str) -> None:
