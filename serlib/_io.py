@@ -86,6 +86,29 @@ def check_output_file(path: str | os.PathLike, *, what: str,
     return path
 
 
+def check_ours(path: str | os.PathLike, *, what: str, header: tuple[str, ...]) -> None:
+    """Refuse to replace an existing ``path`` that serlib did not write: its first line (a
+    CSV header, or for ``.json`` the keys of its first record) must hold every name of
+    ``header``. A missing file is fine."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            if path.suffix.lower() == ".json":
+                records = json.load(handle)
+                names = set(records[0]) if isinstance(records, list) and records \
+                    and isinstance(records[0], dict) else set()
+            else:
+                names = {n.strip() for n in handle.readline().strip().split(",")}
+    except (OSError, ValueError):
+        names = set()
+    if not set(header) <= names:
+        raise SerlibError(f"{path}: exists and is not a {what} serlib wrote (it lacks "
+                          f"{', '.join(sorted(set(header) - names))}); serlib never "
+                          "overwrites a file it did not write: choose another name")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.

@@ -375,3 +375,24 @@ def test_long_recordings_are_streamed_window_by_window(tone_run, tmp_path, monke
     np.testing.assert_allclose(streamed.windows.to_numpy(), whole.windows.to_numpy(),
                                atol=1e-5, rtol=0)
     assert streamed.duration_s == pytest.approx(75.0)
+
+
+def test_select_and_predict_never_replace_a_file_they_did_not_write(tones, tone_run,
+                                                                   tmp_path, capsys):
+    manifest = tmp_path / "m.csv"
+    pd.read_csv(tones)[["path", "label", "speaker"]].to_csv(manifest, index=False)
+    mine = tmp_path / "notes.csv"
+    mine.write_text("date,note\n2024-01-01,my own file\n")
+    assert main(["select", "--manifest", str(manifest), "--out", str(mine), "--quiet"]) == 2
+    assert "is not a selection CSV serlib wrote" in capsys.readouterr().err
+    good = pd.read_csv(tones)["path"].iloc[0]
+    assert main(["predict", "--run", str(tone_run), good, "--out", str(mine), "--quiet"]) == 2
+    assert "is not a predictions file serlib wrote" in capsys.readouterr().err
+    assert mine.read_text() == "date,note\n2024-01-01,my own file\n"
+    # its own files it rewrites
+    out = tmp_path / "s.csv"
+    for _ in range(2):
+        assert main(["select", "--manifest", str(manifest), "--out", str(out), "--quiet"]) == 0
+    for _ in range(2):
+        assert main(["predict", "--run", str(tone_run), good, "--out", str(tmp_path / "p.csv"),
+                     "--quiet"]) == 0

@@ -80,7 +80,7 @@ def run(args) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from serlib._io import check_output_file
+    from serlib._io import check_ours, check_output_file
     from serlib.errors import SerlibError
     from serlib.inference import Predictor
 
@@ -89,6 +89,7 @@ def run(args) -> int:
     files, failures = audio_files(args.paths)
     if args.out is not None:   # before any recording is read: writable, and not an input
         check_output_file(args.out, what="predictions file", inputs=tuple(files))
+        check_ours(args.out, what="predictions file", header=("path", "predicted"))
         if Path(args.run).is_dir() and Path(args.out).resolve().parent.is_relative_to(
                 Path(args.run).resolve()):
             raise SerlibError(f"--out {args.out}: inside the run folder {args.run}; serlib "

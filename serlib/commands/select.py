@@ -67,7 +67,7 @@ def load_table(args):
 def run(args) -> int:
     import pandas as pd
 
-    from serlib._io import check_output_file
+    from serlib._io import check_ours, check_output_file
     from serlib.corpora import label_counts, select_utterances, write_selection
     from serlib.corpora.selection import _check_options
     from serlib.errors import SerlibError
@@ -76,6 +76,7 @@ def run(args) -> int:
     # not the manifest this command reads
     _check_options(("neutral",), min_agree=args.min_agree, max_seconds=args.max_seconds)
     check_output_file(args.out, what="selection CSV", inputs=(args.manifest,))
+    check_ours(args.out, what="selection CSV", header=("utterance_id", "path", "label"))
     table, source = load_table(args)
     selected = select_utterances(
         table, improvised_only=not args.scripted, merge_excited=args.merge_excited,
