@@ -11,6 +11,7 @@ between training (:func:`serlib.training.run_cross_validation`), the grid
     run_dir/history.csv        per-epoch train/validation curves of every fold
     run_dir/summary.json       mean and std over folds of WA and UA, protocol, corpus, device
     run_dir/.lock              held by the one process that writes the folder
+    run_dir/.serlib-run        marks the folder as serlib's (a folder of other files is refused)
 
 Guarantees:
 
