@@ -35,6 +35,9 @@ def _honour_umask(path: Path, *, directory: bool = False) -> None:
 
 #: errno values that mean "the disk (or the quota) is full".
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+#: errno values of other failed writes, named the same way (an I/O error, a read-only or
+#: unwritable folder, a file too large for the filesystem).
+_WRITE_ERRORS = {errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def disk_full_error(error: BaseException, path: str | os.PathLike) -> SerlibError | None:
@@ -44,12 +47,17 @@ def disk_full_error(error: BaseException, path: str | os.PathLike) -> SerlibErro
     if isinstance(error, OSError) and error.errno in _FULL:
         return SerlibError(f"no space left on device: {path} ({error.strerror}); free some "
                            "space and run again (finished work is kept)")
+    if isinstance(error, OSError) and error.errno in _WRITE_ERRORS:
+        return SerlibError(f"cannot write {path}: {error.strerror} (errno "
+                           f"{errno.errorcode.get(error.errno, error.errno)}); finished work "
+                           "is kept")
     return None
 
 
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full disk while writing ``path`` into a named :class:`SerlibError`."""
+    """Turn a full disk (or another failed write: EIO, EROFS, EACCES ...) while writing
+    ``path`` into a named :class:`SerlibError`."""
     try:
         yield
     except OSError as error:

@@ -396,3 +396,15 @@ def test_select_and_predict_never_replace_a_file_they_did_not_write(tones, tone_
     for _ in range(2):
         assert main(["predict", "--run", str(tone_run), good, "--out", str(tmp_path / "p.csv"),
                      "--quiet"]) == 0
+
+
+def test_an_io_error_while_writing_is_named(tmp_path, monkeypatch):
+    from serlib._io import atomic_write_text
+
+    def broken(self, text, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(Path, "write_text", broken)
+    with pytest.raises(SerlibError, match=r"cannot write .*x\.json: Input/output error"):
+        atomic_write_text(tmp_path / "x.json", "{}")
+    assert list(tmp_path.iterdir()) == []
