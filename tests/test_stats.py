@@ -216,13 +216,13 @@ def test_interval_excludes_zero_exactly_when_the_test_rejects(tmp_path, table, s
 
 
 def test_one_sided_p_is_half_the_two_sided_in_the_direction_of_the_effect(tmp_path, table):
-    ref, oth = _shifted(tmp_path, table, "y", shifts=[0.04, 0.06, -0.05, 0.03, 0.01])
+    ref, oth = _shifted(tmp_path, table, "y", shifts=[0.04, 0.07, -0.01, 0.03, 0.05])
     test = compare_runs(ref, oth, n_resamples=50).ua
     assert test.mean_difference > 0
     two = test.p_value("two-sided")
     assert test.p_value("greater") == pytest.approx(two / 2)
     assert test.p_value("less") == pytest.approx(1 - two / 2)
-    d = np.array([0.04, 0.06, -0.05, 0.03, 0.01])
+    d = np.array([0.04, 0.07, -0.01, 0.03, 0.05])
     _, p_hand = corrected_ttest(d, test_train_ratio=test.test_train_ratio,
                                 alternative="greater")
     assert test.p_value("greater") == pytest.approx(p_hand)
