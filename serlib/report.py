@@ -20,7 +20,15 @@ from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
 from serlib.results import BASELINE_LABELS, Run, load_run, percent
-from serlib.stats import Comparison, compare_pooled, compare_runs, pooled_interval, verdict
+from serlib.stats import (
+    Comparison,
+    Inference,
+    compare_pooled,
+    compare_runs,
+    infer,
+    pooled_interval,
+    verdict,
+)
 from serlib.studies import StudyRow
 
 MINORITY = ("happiness", "anger")
@@ -55,13 +63,61 @@ def _pm(values: np.ndarray) -> str:
     return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
 
 
-def _diff(test) -> str:
-    lo, hi = test.ci
+def _diff(inference: Inference) -> str:
+    """``"+2.1 [+0.3, +3.9]"``: the tested effect (mean paired difference) and its interval,
+    in points."""
+    lo, hi = inference.interval
+    return f"{100 * inference.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _pooled(test) -> str:
+    lo, hi = test.bootstrap_ci
     return f"{100 * test.pooled_difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _p(p: float) -> str:
     return "—" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+
+
+def _mde(inference: Inference) -> str:
+    return f"{100 * inference.mde:.1f}"
+
+
+def inference_columns(comparison: Comparison, *, direction: int, alpha: float,
+                      metrics: tuple[str, ...] = ("ua", "wa")) -> dict:
+    """The columns every comparison row of the book shows, per metric (points): the effect
+    tested with its ``1 - 2 alpha`` interval, the one-sided p of the claimed direction, the
+    minimum detectable effect at 80 % power and the verdict (:func:`serlib.stats.infer`).
+    Each verdict sits beside its own interval: ``inconclusive`` exactly when it holds 0."""
+    out = {}
+    for m in metrics:
+        inf = infer(comparison.metric(m), direction=direction, alpha=alpha)
+        name = m.upper()
+        out[f"Δ {name} [{round(100 * inf.level)} % CI]"] = _diff(inf)
+        out[f"p {name} (one-sided)"] = _p(inf.p)
+        out[f"MDE {name}"] = _mde(inf)
+        out[f"verdict {name}"] = inf.verdict
+    return out
+
+
+def verdict_phrase(verdicts: dict) -> str:
+    """``"agrees"`` when UA and WA say the same, else ``"UA: agrees, WA: inconclusive"``:
+    never one word for two metrics that disagree."""
+    if verdicts["ua"] == verdicts["wa"]:
+        return verdicts["ua"]
+    return f"UA: {verdicts['ua']}, WA: {verdicts['wa']}"
+
+
+def inference_note(comparison: Comparison, *, alpha: float) -> str:
+    """The caption that says what the inference columns are."""
+    c = comparison
+    unit = (f"{c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), corrected "
+            "resampled t-test" if c.paired_by == "fold"
+            else f"{c.n} paired speaker differences, paired t-test over speakers")
+    return (f"Δ: mean of the {unit}, with its {round(100 * (1 - 2 * alpha))} % t-interval; "
+            f"p: one-sided in the claimed direction, at alpha = {alpha:g} (the interval "
+            "excludes 0 exactly when the verdict is not inconclusive); MDE: the smallest "
+            "true difference detectable with 80 % power (points).")
 
 
 def compare_rows(rows: list[StudyRow], runs: dict[str, list[Run]], *, alpha: float,
@@ -86,13 +142,15 @@ def compare_rows(rows: list[StudyRow], runs: dict[str, list[Run]], *, alpha: flo
 
 # ----------------------------------------------------------------------------- leakage
 def leakage_table(rows: list[StudyRow], runs: dict[str, list[Run]],
-                  comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
+                  comparisons: dict[str, tuple[Comparison, dict]], *, alpha: float = 0.05
+                  ) -> pd.DataFrame:
     """Table 4 under both protocols side by side: WA and UA (mean ± std over seeds x folds),
-    the session minus stratified difference of the pooled UA and WA with its speaker-bootstrap
-    interval, the Wilcoxon p-value over speakers, and the verdict on "leakage inflates"."""
+    then the test of "leakage inflates" (session minus stratified below zero) on UA and WA:
+    :func:`inference_columns` (mean per-speaker difference, interval, one-sided p, MDE,
+    verdict)."""
     by_label = {r.label: r for r in rows}
     table = []
-    for label, (c, v) in comparisons.items():
+    for label, (c, _) in comparisons.items():
         row = by_label[label]
         ref = runs[row.compare_with]
         other = runs[label]
@@ -103,8 +161,7 @@ def leakage_table(rows: list[StudyRow], runs: dict[str, list[Run]],
             f"{ref[0].summary['protocol']} UA": _pm(_fold_values(ref, "ua")),
             f"{other[0].summary['protocol']} WA": _pm(_fold_values(other, "wa")),
             f"{other[0].summary['protocol']} UA": _pm(_fold_values(other, "ua")),
-            "Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
-            "p (WA)": _p(c.wa.p), "p (UA)": _p(c.ua.p), "verdict": v["overall"]})
+            **inference_columns(c, direction=-1, alpha=alpha)})
     return pd.DataFrame(table).set_index(["feature", "loss"])
 
 
@@ -165,10 +222,11 @@ def plot_per_speaker(table: pd.DataFrame, *, title: str, ax=None):
 
 # ----------------------------------------------------------------------------- imbalance
 def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
-                 comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
-    """Every row's WA, UA, macro-F1 (mean ± std over seeds x folds), pooled per-class recall
-    (%), and against its reference: pooled UA and WA differences with speaker-bootstrap
-    intervals, the corrected t-test and Wilcoxon p-values of UA, and the verdict."""
+                 comparisons: dict[str, tuple[Comparison, dict]], *, alpha: float = 0.05,
+                 classes: tuple[str, ...] = PAPER_CLASSES) -> pd.DataFrame:
+    """Every row's WA, UA, macro-F1 (mean ± std over seeds x folds), pooled recall (%) of
+    ``classes``, and against its reference on "it beats the reference":
+    :func:`inference_columns` (effect, interval, one-sided p, MDE, verdict)."""
     table = []
     for row in rows:
         rs = runs[row.label]
@@ -177,17 +235,29 @@ def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
                  "UA %": _pm(_fold_values(rs, "ua")),
                  "macro-F1 %": _pm(_fold_values(rs, "macro_f1")),
                  **{f"{SHORT_NAMES[c]} %": round(100 * r, 1)
-                    for c, r in zip(PAPER_CLASSES, recall, strict=True)}}
+                    for c, r in zip(PAPER_CLASSES, recall, strict=True) if c in classes}}
         if row.label in comparisons:
-            c, v = comparisons[row.label]
-            entry.update({"Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
-                          "p UA (t)": _p(c.ua.p_t), "p UA (Wilcoxon)": _p(c.ua.wilcoxon_p),
-                          "verdict": v["overall"]})
+            c, _ = comparisons[row.label]
+            entry.update(inference_columns(c, direction=1, alpha=alpha))
         else:
-            entry.update({"Δ WA [CI]": "reference", "Δ UA [CI]": "reference",
-                          "p UA (t)": "", "p UA (Wilcoxon)": "", "verdict": ""})
+            entry.update({"verdict UA": "reference"})
         table.append(entry)
-    return pd.DataFrame(table).set_index("remedy")
+    return pd.DataFrame(table).set_index("remedy").fillna("")
+
+
+def best_other_remedy(rows: list[StudyRow], runs: dict[str, list[Run]]) -> tuple[str, str]:
+    """``(focal, best other)``: the plain focal row with the highest mean UA over seeds x
+    folds, and the highest-UA row that is neither focal loss nor the reference."""
+    def ua(label: str) -> float:
+        return float(_fold_values(runs[label], "ua").mean())
+
+    focal = [r.label for r in rows if r.kind == "trained" and r.config.get("loss") == "focal"
+             and not (set(r.config) - {"feature", "loss", "protocol", "gamma"})]
+    others = [r.label for r in rows if not r.reference and r.config.get("loss") != "focal"]
+    if not focal or not others:
+        raise SerlibError("the study needs a plain focal row and another remedy to compare "
+                          "focal loss with the best other remedy")
+    return max(focal, key=ua), max(others, key=ua)
 
 
 def gamma_curve(rows: list[StudyRow], runs: dict[str, list[Run]], *,
@@ -230,14 +300,18 @@ def paper_minority_shift() -> dict[str, float]:
     return {c: float(paper.TABLE3.loc[c, c] - paper.TABLE2.loc[c, c]) for c in PAPER_CLASSES}
 
 
-def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]]) -> pd.DataFrame:
+def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]], *,
+                         minority: tuple[str, ...] = MINORITY) -> pd.DataFrame:
     """How each row moves every class's pooled recall (points, row minus its reference), with
-    the paper's Table 2 -> 3 shift as the first row and the clip counts behind each recall."""
+    the paper's Table 2 -> 3 shift (IEMOCAP) as the first row and the test clips behind the
+    recall of each ``minority`` class (this build's, :mod:`serlib.corpus_facts`)."""
     by_label = {r.label: r for r in rows}
     shift = paper_minority_shift()
-    table = [{"remedy": "paper: focal vs softmax (Tables 2 -> 3)",
+    column = f"test clips ({' / '.join(SHORT_NAMES[c] for c in minority)})"
+    index = [PAPER_CLASSES.index(c) for c in minority]
+    table = [{"remedy": "paper (IEMOCAP): focal vs softmax (Tables 2 -> 3)",
               **{f"Δ {SHORT_NAMES[c]}": round(shift[c], 1) for c in PAPER_CLASSES},
-              "test clips (hap / ang)": "—"}]
+              column: "—"}]
     for label, row in by_label.items():
         if row.compare_with is None:
             continue
@@ -247,22 +321,48 @@ def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]]) -> pd
         table.append({"remedy": label,
                       **{f"Δ {SHORT_NAMES[c]}": round(100 * (a - b), 1)
                          for c, a, b in zip(PAPER_CLASSES, r1, r0, strict=True)},
-                      "test clips (hap / ang)":
-                          f"{int(n[1]) // n_runs} / {int(n[3]) // n_runs}"})
+                      column: " / ".join(str(int(n[k]) // n_runs) for k in index)})
     return pd.DataFrame(table).set_index("remedy")
 
 
 # ----------------------------------------------------------------------------- sentences
-def verdict_sentence(label: str, comparison: Comparison, verdicts: dict, *, claim: str,
-                     alpha: float) -> str:
-    """One sentence: the claim, the differences with intervals and p-values, the verdict."""
+_VERB = {"agrees": "agrees with", "contradicts": "contradicts",
+         "inconclusive": "is inconclusive about"}
+
+
+def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None = None, *,
+                     claim: str, alpha: float, direction: int = 1) -> str:
+    """One sentence: the claim, the effect tested on UA and WA with its ``1 - 2 alpha``
+    interval, one-sided p and minimum detectable effect, the verdict; then the pooled
+    difference, labelled descriptive.
+
+    ``verdicts`` (from :func:`serlib.stats.verdict`) is optional; when given it must be the
+    one for ``direction`` and ``alpha`` (a mismatch raises: the words would not follow the
+    numbers).
+    """
     c = comparison
-    word = {"agrees": "agrees with", "contradicts": "contradicts",
-            "inconclusive": "is inconclusive on"}[verdicts["overall"]]
-    return (f"**{label}** {word} the claim that {claim}: UA {_diff(c.ua)} points "
-            f"(p = {_p(c.ua.p)}, {verdicts['ua']}), WA {_diff(c.wa)} points "
-            f"(p = {_p(c.wa.p)}, {verdicts['wa']}); {c.ua.test}, n = {c.n}, "
-            f"alpha = {alpha:g}, {round(100 * c.level)} % speaker-bootstrap intervals.")
+    words = verdict(c, direction=direction, alpha=alpha)
+    if verdicts is not None and verdicts != words:
+        raise SerlibError(f"verdicts {verdicts} were not computed with direction={direction} "
+                          f"and alpha={alpha:g} ({words})")
+    if words["ua"] == words["wa"]:
+        word = {"agrees": "agrees with", "contradicts": "contradicts",
+                "inconclusive": "is inconclusive on"}[words["ua"]]
+    else:
+        word = (f"{_VERB[words['ua']]} on UA and {_VERB[words['wa']]} on WA")
+    parts = []
+    for m in ("ua", "wa"):
+        inf = infer(c.metric(m), direction=direction, alpha=alpha)
+        parts.append(f"{m.upper()} {_diff(inf)} points (one-sided p = {_p(inf.p)}, "
+                     f"{inf.verdict}; detectable at 80 % power: {_mde(inf)})")
+    level = round(100 * (1 - 2 * alpha))
+    unit = (f"mean of {c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), "
+            "corrected resampled t-test" if c.paired_by == "fold"
+            else f"mean of {c.n} paired speaker differences, paired t-test over speakers")
+    return (f"**{label}** {word} the claim that {claim}: {parts[0]}, {parts[1]}; {unit}, "
+            f"one-sided at alpha = {alpha:g} with {level} % intervals. Descriptive only: "
+            f"difference of the pooled predictions UA {_pooled(c.ua)}, WA {_pooled(c.wa)} "
+            f"({round(100 * c.level)} % speaker bootstrap).")
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -338,8 +438,12 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
 
 
 __all__ = [
+    "best_other_remedy",
     "compare_rows",
     "gamma_curve",
+    "inference_columns",
+    "inference_note",
+    "verdict_phrase",
     "leakage_table",
     "load_study",
     "minority_shift_table",
