@@ -19,7 +19,7 @@ from serlib.config import RECIPES
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
-from serlib.results import BASELINE_LABELS, Run, load_run, percent
+from serlib.results import BASELINE_LABELS, Run, load_run, pooled_fold_summary
 from serlib.stats import (
     Comparison,
     Inference,
@@ -52,6 +52,10 @@ def _pooled_recall(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
     confusion = np.sum([np.asarray(r.summary["confusion"]) for r in runs], axis=0)
     n = confusion.sum(axis=1)
     return np.divide(np.diag(confusion), n, out=np.zeros(len(n)), where=n > 0), n
+
+
+def _listed(runs) -> list[Run]:
+    return list(runs) if isinstance(runs, (list, tuple)) else [runs]
 
 
 def _fold_values(runs: list[Run], key: str) -> np.ndarray:
@@ -366,17 +370,19 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None =
 
 
 # ----------------------------------------------------------------------------- recipes
-def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: float = 0.05,
+def recipe_comparison(reference: Run | list[Run] | None, beside: dict[str, Run | list[Run]], *,
+                      alpha: float = 0.05,
                       n_resamples: int = 1000, seed: int = 0,
                       labels: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The paper's recipe, the strong recipe and the measured baselines side by side.
 
     Parameters
     ----------
-    reference : Run or None
+    reference : Run, list of Run (one per seed) or None
         The paper's recipe on this build's corpus (``mfcc_focal``).
-    beside : dict of str to Run
-        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder.
+    beside : dict of str to Run or list of Run
+        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder
+        (``seeds=True``: every seed, paired seed by seed).
     labels : dict of str to str, optional
         Row names by folder (default: the folder names).
 
@@ -394,17 +400,18 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         (labels.get(folder, folder), run) for folder, run in beside.items()]
     rows, sentences = [], []
     for name, run in named:
-        s = run.summary
-        rows.append({"run": name, "WA %": percent(s["wa_mean"], s["wa_std"]),
-                     "UA %": percent(s["ua_mean"], s["ua_std"]),
-                     "macro-F1 %": round(100 * s["macro_f1_mean"], 1)})
+        ours = pooled_fold_summary(run)
+        rows.append({"run": name, "WA %": ours["WA"], "UA %": ours["UA"],
+                     "macro-F1 %": round(100 * float(_fold_values(_listed(run),
+                                                                  "macro_f1").mean()), 1),
+                     "seeds x folds": ours["seeds x folds"]})
 
-    def paired(a: Run, b: Run, name: str, claim: str) -> str:
+    def paired(a, b, name: str, claim: str) -> str:
         try:
             comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed)
         except SerlibError as error:      # folds differ: never paired
             reason = str(error)
-            for run in (a, b):            # the folder names, not the build's paths
+            for run in (*_listed(a), *_listed(b)):   # the folder names, not the build's paths
                 reason = reason.replace(str(run.path), run.path.name)
             return f"- **{name}** is not paired: {reason}"
         v = verdict(comparison, direction=1, alpha=alpha)
@@ -422,18 +429,23 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
                                     f"{labels.get(bf, bf)}", "it beats the baseline"))
     recipe = RECIPES["strong"]
     for folder, run in strong.items():
-        width, epochs = run.summary.get("width"), run.summary.get("epochs")
+        width, epochs = _listed(run)[0].summary.get("width"), _listed(run)[0].summary.get(
+            "epochs")
         if (width, epochs) != (recipe["width"], recipe["epochs"]):
             sentences.append(
                 f"- **{labels.get(folder, folder)}** ran at width {width} for {epochs} epochs, "
                 f"not the recipe's {recipe['width']} and {recipe['epochs']}: its row shows "
                 "the recipe's pipeline at a smaller size, not the recipe's accuracy.")
     if rows:
-        best = max(named, key=lambda item: item[1].summary["ua_mean"])
-        sentences.append(f"- Highest mean UA over folds here: **{best[0]}** "
-                         f"({100 * best[1].summary['ua_mean']:.1f} %); whether that lead is "
+        def mean_ua(item):
+            return float(_fold_values(_listed(item[1]), "ua").mean())
+
+        best = max(named, key=mean_ua)
+        sentences.append(f"- Highest mean UA over seeds x folds here: **{best[0]}** "
+                         f"({100 * mean_ua(best):.1f} %); whether that lead is "
                          "more than chance is what the paired tests above say.")
-    table = pd.DataFrame(rows, columns=["run", "WA %", "UA %", "macro-F1 %"]).set_index("run")
+    table = pd.DataFrame(rows, columns=["run", "WA %", "UA %", "macro-F1 %", "seeds x folds"]
+                         ).set_index("run")
     return table, sentences
 
 

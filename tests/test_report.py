@@ -180,7 +180,7 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
     assert "**strong against baseline_egemaps-svm** is not paired" in text
     assert str(tmp_path) not in text                     # folder names, not build paths
     assert "cannot pair baseline_egemaps-svm with mfcc_focal_strong" in text
-    assert sentences[-1].startswith("- Highest mean UA over folds here: **strong**")
+    assert sentences[-1].startswith("- Highest mean UA over seeds x folds here: **strong**")
     # the fake strong run is narrower than the recipe: said; a full-size one: not
     assert ("**strong** ran at width 8 for 3 epochs, not the recipe's 32 and 30" in text)
     full = made["mfcc_focal_strong"]
