@@ -488,6 +488,45 @@ def compare_runs(reference: RunLike | Sequence[RunLike], other: RunLike | Sequen
                       seeds=tuple(run_seed(r) for r in ref), **tests)
 
 
+def compare_fold_values(reference: RunLike | Sequence[RunLike],
+                        other: RunLike | Sequence[RunLike], *, value, name: str,
+                        level: float = 0.95) -> MetricTest:
+    """The corrected resampled t-test of any per-fold quantity (other minus reference).
+
+    ``value(fold_metrics) -> float`` reads it from one fold's ``metrics.json`` (e.g. the mean
+    recall of the minority classes); runs pair as in :func:`compare_runs` (refused otherwise).
+    No bootstrap: the pooled fields hold the mean and its t-interval.
+    """
+    ref, oth = _as_runs(reference, "reference"), _as_runs(other, "other")
+    check_paired(ref, oth)
+    diffs, ratios = [], []
+    for a, b in zip(ref, oth, strict=True):
+        fb = {int(m["fold"]): m for m in b.folds}
+        for m in a.folds:
+            diffs.append(float(value(fb[int(m["fold"])])) - float(value(m)))
+            ratios.append(m["n_test"] / (m["n_train"] + m.get("n_val", 0)))
+    d = np.asarray(diffs)
+    mean, se, df = paired_t(d, test_train_ratio=float(np.mean(ratios)))
+    ci = t_interval(mean, se, df, level=level)
+    return _metric_test(name, d, ratio=float(np.mean(ratios)), level=level,
+                        boot=(mean, ci, None), test="corrected resampled t-test")
+
+
+def compare_with_published(runs: RunLike | Sequence[RunLike], *, metric: str,
+                           published: float, level: float = 0.95) -> MetricTest:
+    """Our per-fold ``metric`` (seeds x folds) against a published number (a fraction):
+    differences ``ours - published``, corrected resampled t-test (the published side has no
+    variance we know of). Only meaningful on the same corpus under the same protocol."""
+    runs = _as_runs(runs, "runs")
+    d = np.array([m[metric] - published for r in runs for m in r.folds], dtype=float)
+    ratio = float(np.mean([m["n_test"] / (m["n_train"] + m.get("n_val", 0))
+                           for r in runs for m in r.folds]))
+    mean, se, df = paired_t(d, test_train_ratio=ratio)
+    return _metric_test(metric, d, ratio=ratio, level=level,
+                        boot=(mean, t_interval(mean, se, df, level=level), None),
+                        test="corrected resampled t-test against the published value")
+
+
 def compare_pooled(reference: RunLike | Sequence[RunLike], other: RunLike | Sequence[RunLike],
                    *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
                    ) -> Comparison:
@@ -608,8 +647,10 @@ __all__ = [
     "Inference",
     "MetricTest",
     "check_paired",
+    "compare_fold_values",
     "compare_pooled",
     "compare_runs",
+    "compare_with_published",
     "corrected_ttest",
     "fold_utterances",
     "holm",
