@@ -36,6 +36,10 @@ def _build(runs_dir, *, corpus="generated"):
     return runs_dir
 
 
+def _number(text: str) -> float:
+    return 0.0 if text.startswith("<") else float(text)
+
+
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     runs_dir = _build(tmp_path_factory.mktemp("runs"))
@@ -83,8 +87,7 @@ def test_verdict_follows_the_interval_and_holm_is_applied(table):
         if row["verdict"] == "inconclusive":
             assert lo <= 0.05 and hi >= -0.05
         p, p_holm = row["p (one-sided)"], row["p (Holm)"]
-        to_float = (lambda s: 0.0 if s.startswith("<") else float(s))
-        assert to_float(p_holm) >= to_float(p)
+        assert _number(p_holm) >= _number(p)
         assert float(row["MDE (points)"]) > 0
     # the fake session runs are worse: leakage agrees; the fake baseline beats the ResNet
     leak = tested[tested["claim"].str.startswith("Speaker leakage")]
