@@ -244,6 +244,13 @@ class Profile:
                               "give one a name")
 
 
+def page_runs(profile: Profile) -> list[tuple[str, object]]:
+    """The runs that get a training page: every grid entry at the profile's first seed (the
+    other seeds' runs are trained by the grid and pooled by the results and verdicts)."""
+    seeds = profile.seeds or (int(profile.training.get("seed", 0)),)
+    return [(name, config) for name, config in profile.runs() if config.seed == seeds[0]]
+
+
 def training_page(run: str) -> str:
     """The executed training page of run ``run`` (``05_training_mfcc_focal``)."""
     return f"05_training_{run}"
@@ -280,7 +287,7 @@ def stage_sources(staging: Path, profile: Profile, *, build_info: str) -> None:
         for chapter in part["chapters"]:
             if chapter["file"] == "book/05_training_overview":
                 sections = [{"file": f"book/{training_page(name)}"}
-                            for name, _ in profile.runs()]
+                            for name, _ in page_runs(profile)]
                 chapters.append({"file": chapter["file"], "sections": sections})
             else:
                 chapters.append(chapter)
@@ -351,7 +358,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
         ("04_model_and_focal_loss", "04_model_and_focal_loss", {}),
     ]
-    for name, config in profile.runs():
+    for name, config in page_runs(profile):
         plan.append(("05_training", training_page(name), {
             "selection_path": paths["selection"],
             "cache_dir": paths["cache"],
@@ -363,6 +370,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
              "training": profile.training,
              "seeds": list(profile.seeds or (int(profile.training.get("seed", 0)),)),
              "alpha": 0.05, "n_resamples": 1000}
+    plan.append(("06b_verdicts", "06b_verdicts", {**study, "n_resamples": 200}))
     plan.append(("07_speaker_leakage", "07_speaker_leakage", study))
     plan.append(("08_imbalance", "08_imbalance", study))
     names = [name for name, _ in profile.runs()]
@@ -441,14 +449,17 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
     settings = profile.engine
     protocol = profile.training.get("protocol", "stratified")
     folds = int(profile.training.get("folds", 5))
+    base_seed = int(profile.training.get("seed", 0))
     for model in profile.baselines:
-        # measured on the same selection and folds as the runs (serlib.baselines)
+        # measured on the same selection and folds as the runs (serlib.baselines), once per
+        # seed of the profile so that every seed of the grid pairs with one
         from serlib.baselines import run_baseline
 
-        run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
-                     out_dir=Path(paths["runs"]) / f"baseline_{model}",
-                     seed=int(profile.training.get("seed", 0)), cache_dir=paths["cache"],
-                     progress=not quiet)
+        for seed in profile.seeds or (base_seed,):
+            suffix = f"_seed{seed}" if seed else ""        # as Profile.runs names them
+            run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
+                         out_dir=Path(paths["runs"]) / f"baseline_{model}{suffix}",
+                         seed=seed, cache_dir=paths["cache"], progress=not quiet)
     return run_grid(profile.all_runs(), selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),

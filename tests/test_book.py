@@ -14,7 +14,7 @@ from serlib.cli import main
 from serlib.errors import SerlibError
 
 PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
-         "05_training_overview", "06_results", "07_speaker_leakage", "08_imbalance",
+         "05_training_overview", "06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
          "09_using_the_model", "10_api"] + [
     f"05_training_{f}_{loss}" for f, loss in PAPER_GRID] + ["05_training_spectrogram_focal_strong"]
 
@@ -143,7 +143,7 @@ def test_staging_expands_training_pages(tmp_path):
                                    "selection": "/s.csv", "cache": "/c", "runs": "/r"})
     assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
     assert pages[0] == "02_data_selection"
-    assert pages[-4:] == ["06_results", "07_speaker_leakage", "08_imbalance",
+    assert pages[-5:] == ["06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
                           "09_using_the_model"]
     study = plan[-2][2]
     assert study["studies"] == profile.studies and study["runs_dir"] == "/r"
