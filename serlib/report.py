@@ -218,9 +218,11 @@ def plot_per_speaker(table: pd.DataFrame, *, title: str, ax=None):
     sns.barplot(data=data, x="speaker", y="UA %", hue="gender", dodge=False, ax=ax,
                 palette={"F": "tab:red", "M": "tab:blue", "?": "tab:gray"})
     ax.axhline(data["UA %"].mean(), color="k", lw=1, ls="--", label="mean of speakers")
-    ax.set(title=title, ylim=(0, 100))
+    ax.set(title=title, ylim=(0, 100), ylabel="UA %")
     ax.tick_params(axis="x", rotation=45)
-    ax.legend(loc="lower right", fontsize=8)
+    # outside the axes: the legend never covers a bar
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="gender",
+              frameon=False)
     return ax
 
 

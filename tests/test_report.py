@@ -105,6 +105,11 @@ def test_per_speaker_table_and_figure(runs_dir):
     assert (table["utterances"] == 40).all()
     ax = plot_per_speaker(table, title="x")
     assert len(ax.patches) >= 10
+    # the legend sits outside the data area (right of the axes)
+    fig = ax.figure
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1
 
 
 def test_remedy_table_against_softmax(runs_dir):
