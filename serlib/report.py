@@ -245,10 +245,14 @@ def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
         if row.label in comparisons:
             c, _ = comparisons[row.label]
             entry.update(inference_columns(c, direction=1, alpha=alpha))
-        else:
-            entry.update({"verdict UA": "reference"})
         table.append(entry)
-    return pd.DataFrame(table).set_index("remedy").fillna("")
+    if comparisons:            # the reference row: blank inference columns, in their order
+        c, _ = next(iter(comparisons.values()))
+        blank = dict.fromkeys(inference_columns(c, direction=1, alpha=alpha), "")
+        for entry in table:
+            if entry["remedy"] not in comparisons:
+                entry.update({**blank, "verdict UA": "reference"})
+    return pd.DataFrame(table).set_index("remedy")
 
 
 def best_other_remedy(rows: list[StudyRow], runs: dict[str, list[Run]]) -> tuple[str, str]:
