@@ -167,6 +167,7 @@ class Profile:
         """
         from serlib.config import RECIPES, TrainConfig
         from serlib.grid import run_name
+        from serlib.studies import seed_suffix
 
         seeds = self.seeds or (int(self.training.get("seed", 0)),)
         out = []
@@ -183,11 +184,10 @@ class Profile:
                     fields["alpha"] = tuple(float(a) for a in fields["alpha"])
                 config = TrainConfig(**fields)
                 if "name" in entry:
-                    name = entry["name"] + (f"_seed{seed}" if seed else "")
+                    name = entry["name"] + seed_suffix(
+                        seed, base_seed=int(self.training.get("seed", 0)))
                 else:
-                    extra = {k: v for k, v in overrides.items()
-                             if k in ("feature", "loss") or self.training.get(k) != v}
-                    name = run_name(extra, seed=seed)
+                    name = run_name(overrides, seed=seed, base_training=self.training)
                 out.append((name, config))
         return out
 
@@ -252,8 +252,9 @@ def page_runs(profile: Profile) -> list[tuple[str, object]]:
 
 
 def training_page(run: str) -> str:
-    """The executed training page of run ``run`` (``05_training_mfcc_focal``)."""
-    return f"05_training_{run}"
+    """The executed training page of run ``run`` (``05_training_mfcc_focal``; a group folder
+    ``session/`` becomes ``session-``)."""
+    return f"05_training_{run.replace('/', '-')}"
 
 
 #: TrainConfig fields that the training chapter takes as papermill parameters by name; any
@@ -449,6 +450,8 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
     settings = profile.engine
     protocol = profile.training.get("protocol", "stratified")
     folds = int(profile.training.get("folds", 5))
+    from serlib.studies import seed_suffix
+
     base_seed = int(profile.training.get("seed", 0))
     for model in profile.baselines:
         # measured on the same selection and folds as the runs (serlib.baselines), once per
@@ -456,7 +459,7 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
         from serlib.baselines import run_baseline
 
         for seed in profile.seeds or (base_seed,):
-            suffix = f"_seed{seed}" if seed else ""        # as Profile.runs names them
+            suffix = seed_suffix(seed, base_seed=base_seed)      # as every run is named
             run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
                          out_dir=Path(paths["runs"]) / f"baseline_{model}{suffix}",
                          seed=seed, cache_dir=paths["cache"], progress=not quiet)

@@ -56,12 +56,16 @@ _SEEDED = re.compile(r"^(?P<base>.+?)(?:_seed(?P<seed>\d+))?$")
 def seed_runs(runs_dir: str | os.PathLike, base: str) -> list[Run]:
     """The finished runs of one configuration over seeds: folder ``base`` and every
     ``base_seed<k>`` (as :meth:`serlib.book.Profile.runs` names them), in seed order."""
+    from serlib.studies import seed_suffix
+
     runs_dir = Path(runs_dir)
     found = []
     for folder in runs_dir.glob(f"{glob.escape(base)}*"):
         m = _SEEDED.match(folder.name)
         if m and m["base"] == base and (folder / "summary.json").is_file():
-            found.append((int(m["seed"] or 0), folder))
+            seed = int(m["seed"] or 0)
+            if folder.name == base + seed_suffix(seed):     # the one naming rule
+                found.append((seed, folder))
     return [load_run(folder) for _, folder in sorted(found)]
 
 
