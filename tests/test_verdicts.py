@@ -9,15 +9,27 @@ import pytest
 
 from serlib.studies import DEFAULT_STUDIES
 from serlib.verdicts import COLUMNS, verdict_note, verdict_table
-from tests.stats_runs import assign_folds, predict, utterances, write_run, write_study_runs
+from tests.stats_runs import (
+    EMODB_SHARES,
+    SHARES,
+    assign_folds,
+    predict,
+    utterances,
+    write_run,
+    write_study_runs,
+)
 
 BASE = {"gamma": 2.0, "protocol": "stratified", "seed": 0}
 SEEDS = [0, 1, 2]
 
 
 def _build(runs_dir, *, corpus="generated"):
-    write_study_runs(runs_dir, studies=DEFAULT_STUDIES, base_training=BASE, seeds=SEEDS)
-    table = utterances(n_per_speaker=40, seed=0)
+    """A whole build's runs; on "emodb" with EmoDB's class shares (anger the largest)."""
+    shares = EMODB_SHARES if corpus == "emodb" else SHARES
+    rare = ("sadness",) if corpus == "emodb" else ("happiness", "anger")
+    write_study_runs(runs_dir, studies=DEFAULT_STUDIES, base_training=BASE, seeds=SEEDS,
+                     shares=shares, rare=rare)
+    table = utterances(n_per_speaker=40, seed=0, shares=shares)
     for seed in SEEDS:
         suffix = f"_seed{seed}" if seed else ""
         folds = assign_folds(table, protocol="stratified", seed=seed)
@@ -105,6 +117,12 @@ def test_on_emodb_the_strong_recipe_is_optimistic_and_anger_is_largest(tmp_path)
     strong = table[table["claim"].str.startswith("The strong recipe")]
     assert len(strong) == 2 and strong["note"].str.contains("optimistic").all()
     assert (table["corpus"] == "EmoDB").all()
+    rare = table[table["claim"].str.startswith("Focal loss raises the rare")].iloc[0]
+    assert "sadness" in rare["metric"] and "anger" not in rare["metric"]
+    assert "the largest is anger" in rare["note"]
+    leak = table[table["claim"].str.startswith("Speaker leakage")]
+    assert leak["protocol"].str.contains("speaker folds").all()
+    assert not leak["protocol"].str.contains("session").any()
 
 
 def test_missing_runs_are_said_not_hidden(tmp_path):
