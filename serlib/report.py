@@ -74,11 +74,6 @@ def _diff(inference: Inference) -> str:
     return f"{100 * inference.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
-def _pooled(test) -> str:
-    lo, hi = test.bootstrap_ci
-    return f"{100 * test.pooled_difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-
-
 def _p(p: float) -> str:
     return "—" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
 
@@ -343,8 +338,9 @@ _VERB = {"agrees": "agrees with", "contradicts": "contradicts",
 def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None = None, *,
                      claim: str, alpha: float, direction: int = 1) -> str:
     """One sentence: the claim, the effect tested on UA and WA with its ``1 - 2 alpha``
-    interval, one-sided p and minimum detectable effect, the verdict; then the pooled
-    difference, labelled descriptive.
+    interval, one-sided p and minimum detectable effect, the verdict. (The pooled difference
+    and its speaker bootstrap, :attr:`serlib.stats.MetricTest.bootstrap_ci`, are descriptive
+    and left out: one interval per verdict.)
 
     ``verdicts`` (from :func:`serlib.stats.verdict`) is optional; when given it must be the
     one for ``direction`` and ``alpha`` (a mismatch raises: the words would not follow the
@@ -370,9 +366,7 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None =
             "corrected resampled t-test" if c.paired_by == "fold"
             else f"mean of {c.n} paired speaker differences, paired t-test over speakers")
     return (f"**{label}** {word} the claim that {claim}: {parts[0]}, {parts[1]}; {unit}, "
-            f"one-sided at alpha = {alpha:g} with {level} % intervals. Descriptive only: "
-            f"difference of the pooled predictions UA {_pooled(c.ua)}, WA {_pooled(c.wa)} "
-            f"({round(100 * c.level)} % speaker bootstrap).")
+            f"one-sided at alpha = {alpha:g} with {level} % intervals.")
 
 
 # ----------------------------------------------------------------------------- recipes

@@ -37,11 +37,12 @@ The YAML shape, under a profile's ``studies:`` key (every key but ``runs`` optio
   ``logit_adjustment`` is :func:`serlib.posthoc.logit_adjust` with ``tau``.
 
 Run names are stable, readable slugs of the resolved configuration: ``<feature>_<loss>``, with
-``<protocol>/`` in front unless it is ``base_training``'s (``stratified`` by default; so the paper's four keep their names
-``spectrogram_softmax`` ... ), ``_g<gamma>`` for a focal loss whose gamma differs from
-``base_training``'s, ``_<field>-<value>`` for every other field that differs from
-``base_training`` (or from the TrainConfig default), and ``_seed<k>`` for every seed but the
-base one: ``session/mfcc_focal_g0.5``, ``session/mfcc_softmax_class_weights-inverse_seed1``.
+``<protocol>/`` in front unless it is ``base_training``'s (``stratified`` by default; so the
+paper's four keep their names ``spectrogram_softmax`` ... ), ``_g<gamma>`` for a focal loss
+whose gamma differs from ``base_training``'s, ``_<field>-<value>`` for every other field that
+differs from ``base_training`` (or from the TrainConfig default), and ``_seed<k>`` for every
+seed but the base one: ``session/mfcc_focal_g0.5``,
+``session/mfcc_softmax_class_weights-inverse_seed1``.
 A configuration that appears in two studies resolves to the same fields and is trained once.
 """
 
