@@ -85,6 +85,19 @@ class CorpusFacts:
                 "crema-d": "CREMA-D", "savee": "SAVEE", "emovo": "EMOVO",
                 "tess": "TESS"}.get(self.corpus, self.corpus)
 
+    @property
+    def short_name(self) -> str:
+        """Short corpus name for table cells (``"generated (not IEMOCAP)"``, ``"EmoDB"``)."""
+        return "generated (not IEMOCAP)" if self.generated else self.name
+
+    def protocol_short(self, protocol: str, n_folds: int) -> str:
+        """``"stratified, 5 folds"``, ``"5 sessions"`` or ``"5 speaker folds"``: table cells."""
+        if protocol == "session":
+            return f"{n_folds} {self.fold_units} (speaker-independent)"
+        if protocol == "stratified":
+            return f"stratified, {n_folds} folds (speakers shared)"
+        return f"{protocol}, {n_folds} folds"
+
     def share(self, label: str) -> float:
         return self.counts.get(label, 0) / self.n if self.n else 0.0
 

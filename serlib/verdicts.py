@@ -82,7 +82,7 @@ def _p(p: float) -> str:
 
 def _protocol(facts: CorpusFacts, runs) -> str:
     s = runs[0].summary
-    return facts.protocol_phrase(s["protocol"], s["n_folds"])
+    return facts.protocol_short(s["protocol"], s["n_folds"])
 
 
 def _tested(rows: list[_Row], make, *, claim, by, paper_words, corpus, protocol, metrics,
@@ -143,7 +143,7 @@ def verdict_table(runs_dir: str | os.PathLike, *, studies: dict, training: dict,
         raise SerlibError(f"{runs_dir}: none of the paper's four configurations was run")
     first = next(iter(grid.values()))
     facts = run_facts(first[0])
-    corpus = facts.name
+    corpus = facts.short_name
     rows: list[_Row] = []
     t4 = paper.TABLE4.set_index(["feature", "loss"])
 
@@ -265,8 +265,8 @@ def _literature_rows(rows, runs_dir, facts, studies, training, seeds, grid) -> N
         if entry["protocol"] is None:
             reasons.append("no run of this build uses their protocol")
         if reasons:
-            rows.append(_Row(f"The proposed model beats {name}", "paper", words, facts.name,
-                             entry["described"], "UA", "Results, Table 1",
+            rows.append(_Row(f"The proposed model beats {name}", "paper", words,
+                             facts.short_name, entry["described"], "UA", "Results, Table 1",
                              verdict="not testable here", note="; ".join(reasons)))
             continue
         runs = grid.get(("mfcc", "focal"))
@@ -275,14 +275,14 @@ def _literature_rows(rows, runs_dir, facts, studies, training, seeds, grid) -> N
                 session_runs = _session_runs(runs_dir, studies, training, seeds)
             runs = session_runs
         if not runs:
-            rows.append(_Row(f"The proposed model beats {name}", "paper", words, facts.name,
-                             entry["described"], "UA", "Results, Table 1",
+            rows.append(_Row(f"The proposed model beats {name}", "paper", words,
+                             facts.short_name, entry["described"], "UA", "Results, Table 1",
                              verdict="not run in this build",
                              note=f"no MFCC + focal run under the {entry['protocol']} "
                                   "protocol"))
             continue
-        rows.append(_Row(f"Our MFCC + focal model beats {name}", "paper", words, facts.name,
-                         _protocol(facts, runs), "UA", "Results, Table 1",
+        rows.append(_Row(f"Our MFCC + focal model beats {name}", "paper", words,
+                         facts.short_name, _protocol(facts, runs), "UA", "Results, Table 1",
                          test=compare_with_published(runs, metric="ua", published=ua / 100),
                          note="against the published number (no per-fold values of theirs)"))
 
