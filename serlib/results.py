@@ -245,8 +245,16 @@ def plot_learning_curves(run: Run):
     history = run.history.assign(fold=run.history["fold"].astype(str))
     sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0])
     sns.lineplot(data=history, x="epoch", y="val_ua", hue="fold", ax=axes[1])
-    axes[0].set(title=f"{run.name}: training loss", ylabel="loss")
-    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA")
+    axes[0].set(title=f"{run.name}: training loss", ylabel="loss", xlabel="epoch")
+    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA", xlabel="epoch")
+    # one legend, outside the data (right of the second panel)
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    handles, labels = axes[1].get_legend_handles_labels()
+    if axes[1].get_legend() is not None:
+        axes[1].get_legend().remove()
+    axes[1].legend(handles, labels, title="fold", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                   frameon=False, fontsize=8)
     return fig
 
 

@@ -72,7 +72,12 @@ def test_provenance_labels_generated_corpus(tmp_path):
 
 def test_figures(tmp_path):
     run = load_run(write_fake_run(tmp_path / "r", feature="mfcc", loss="focal"))
-    assert len(plot_learning_curves(run).axes) == 2
+    fig = plot_learning_curves(run)
+    assert len(fig.axes) == 2
+    fig.canvas.draw()                    # the legend sits right of the data, not on it
+    assert fig.axes[0].get_legend() is None
+    legend = fig.axes[1].get_legend()
+    assert legend.get_window_extent().x0 >= fig.axes[1].get_window_extent().x1
     assert len(plot_confusion_pair(confusion_table(run), confusion_table(run), title="x").axes) == 2
     ax = plot_confusion(confusion_table(run), title="mfcc + focal")
     assert ax.get_title() == "mfcc + focal" and len(ax.texts) == 16  # one annotation per cell
