@@ -262,6 +262,7 @@ class Profile:
         """
         from serlib.config import RECIPES, TrainConfig
         from serlib.grid import run_name
+        from serlib.studies import seed_suffix
 
         seeds = self.seeds or (int(self.training.get("seed", 0)),)
         out = []
@@ -278,11 +279,10 @@ class Profile:
                     fields["alpha"] = tuple(float(a) for a in fields["alpha"])
                 config = TrainConfig(**fields)
                 if "name" in entry:
-                    name = entry["name"] + (f"_seed{seed}" if seed else "")
+                    name = entry["name"] + seed_suffix(
+                        seed, base_seed=int(self.training.get("seed", 0)))
                 else:
-                    extra = {k: v for k, v in overrides.items()
-                             if k in ("feature", "loss") or self.training.get(k) != v}
-                    name = run_name(extra, seed=seed)
+                    name = run_name(overrides, seed=seed, base_training=self.training)
                 out.append((name, config))
         return out
 
@@ -339,9 +339,17 @@ class Profile:
                               "give one a name")
 
 
+def page_runs(profile: Profile) -> list[tuple[str, object]]:
+    """The runs that get a training page: every grid entry at the profile's first seed (the
+    other seeds' runs are trained by the grid and pooled by the results and verdicts)."""
+    seeds = profile.seeds or (int(profile.training.get("seed", 0)),)
+    return [(name, config) for name, config in profile.runs() if config.seed == seeds[0]]
+
+
 def training_page(run: str) -> str:
-    """The executed training page of run ``run`` (``05_training_mfcc_focal``)."""
-    return f"05_training_{run}"
+    """The executed training page of run ``run`` (``05_training_mfcc_focal``; a group folder
+    ``session/`` becomes ``session-``)."""
+    return f"05_training_{run.replace('/', '-')}"
 
 
 #: TrainConfig fields that the training chapter takes as papermill parameters by name; any
@@ -375,7 +383,7 @@ def stage_sources(staging: Path, profile: Profile, *, build_info: str) -> None:
         for chapter in part["chapters"]:
             if chapter["file"] == "book/05_training_overview":
                 sections = [{"file": f"book/{training_page(name)}"}
-                            for name, _ in profile.runs()]
+                            for name, _ in page_runs(profile)]
                 chapters.append({"file": chapter["file"], "sections": sections})
             else:
                 chapters.append(chapter)
@@ -446,7 +454,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
         ("04_model_and_focal_loss", "04_model_and_focal_loss", {}),
     ]
-    for name, config in profile.runs():
+    for name, config in page_runs(profile):
         plan.append(("05_training", training_page(name), {
             "selection_path": paths["selection"],
             "cache_dir": paths["cache"],
@@ -458,6 +466,7 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
              "training": profile.training,
              "seeds": list(profile.seeds or (int(profile.training.get("seed", 0)),)),
              "alpha": 0.05, "n_resamples": 1000}
+    plan.append(("06b_verdicts", "06b_verdicts", {**study, "n_resamples": 200}))
     plan.append(("07_speaker_leakage", "07_speaker_leakage", study))
     plan.append(("08_imbalance", "08_imbalance", study))
     names = [name for name, _ in profile.runs()]
@@ -577,14 +586,19 @@ def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manif
     settings = profile.engine
     protocol = profile.training.get("protocol", "stratified")
     folds = int(profile.training.get("folds", 5))
+    from serlib.studies import seed_suffix
+
+    base_seed = int(profile.training.get("seed", 0))
     for model in profile.baselines:
-        # measured on the same selection and folds as the runs (serlib.baselines)
+        # measured on the same selection and folds as the runs (serlib.baselines), once per
+        # seed of the profile so that every seed of the grid pairs with one
         from serlib.baselines import run_baseline
 
-        run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
-                     out_dir=Path(paths["runs"]) / f"baseline_{model}",
-                     seed=int(profile.training.get("seed", 0)), cache_dir=paths["cache"],
-                     progress=not quiet)
+        for seed in profile.seeds or (base_seed,):
+            suffix = seed_suffix(seed, base_seed=base_seed)      # as every run is named
+            run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
+                         out_dir=Path(paths["runs"]) / f"baseline_{model}{suffix}",
+                         seed=seed, cache_dir=paths["cache"], progress=not quiet)
     return run_grid(all_runs, selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),

@@ -28,22 +28,15 @@ PAPER_PAIRS = (("spectrogram", "softmax"), ("spectrogram", "focal"), ("mfcc", "s
                ("mfcc", "focal"))
 
 
-def run_name(overrides: dict, *, seed: int = 0) -> str:
-    """A stable, readable folder name for a grid entry: ``<feature>_<loss>`` plus the other
-    overridden fields (``_gamma-0.5_protocol-session``) plus ``_seed<n>`` when seed != 0."""
-    defaults = TrainConfig()
-    parts = [str(overrides.get("feature", defaults.feature)),
-             str(overrides.get("loss", defaults.loss))]
-    for key in sorted(set(overrides) - {"feature", "loss", "seed", "name"}):
-        value = overrides[key]
-        if isinstance(value, (list, tuple)):
-            value = "-".join(format(v, "g") if isinstance(v, float) else str(v) for v in value)
-        elif isinstance(value, float):
-            value = format(value, "g")
-        parts.append(f"{key}-{value}")
-    if seed:
-        parts.append(f"seed{seed}")
-    return "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", part) for part in parts)
+def run_name(overrides: dict, *, seed: int = 0, base_training: dict | None = None) -> str:
+    """The folder name of a grid entry: :func:`serlib.studies.run_name` (the project's one
+    naming rule) of the entry's fields over ``base_training``: ``<feature>_<loss>``, the
+    protocol as a group folder unless stratified, the fields that differ, ``_seed<k>``."""
+    from serlib.studies import resolve
+    from serlib.studies import run_name as slug
+
+    base = dict(base_training or {})
+    return slug(resolve({**overrides, "seed": seed}, base_training=base), base_training=base)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,16 @@ from serlib.config import RECIPES
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
-from serlib.results import BASELINE_LABELS, Run, load_run, percent
-from serlib.stats import Comparison, compare_pooled, compare_runs, pooled_interval, verdict
+from serlib.results import BASELINE_LABELS, Run, load_run, pooled_fold_summary
+from serlib.stats import (
+    Comparison,
+    Inference,
+    compare_pooled,
+    compare_runs,
+    infer,
+    pooled_interval,
+    verdict,
+)
 from serlib.studies import StudyRow
 
 MINORITY = ("happiness", "anger")
@@ -46,6 +54,10 @@ def _pooled_recall(runs: list[Run]) -> tuple[np.ndarray, np.ndarray]:
     return np.divide(np.diag(confusion), n, out=np.zeros(len(n)), where=n > 0), n
 
 
+def _listed(runs) -> list[Run]:
+    return list(runs) if isinstance(runs, (list, tuple)) else [runs]
+
+
 def _fold_values(runs: list[Run], key: str) -> np.ndarray:
     return np.array([m[key] for r in runs for m in r.folds])
 
@@ -55,13 +67,56 @@ def _pm(values: np.ndarray) -> str:
     return f"{100 * values.mean():.1f} ± {100 * std:.1f}"
 
 
-def _diff(test) -> str:
-    lo, hi = test.ci
-    return f"{100 * test.pooled_difference:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+def _diff(inference: Inference) -> str:
+    """``"+2.1 [+0.3, +3.9]"``: the tested effect (mean paired difference) and its interval,
+    in points."""
+    lo, hi = inference.interval
+    return f"{100 * inference.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
 def _p(p: float) -> str:
     return "—" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+
+
+def _mde(inference: Inference) -> str:
+    return f"{100 * inference.mde:.1f}"
+
+
+def inference_columns(comparison: Comparison, *, direction: int, alpha: float,
+                      metrics: tuple[str, ...] = ("ua", "wa")) -> dict:
+    """The columns every comparison row of the book shows, per metric (points): the effect
+    tested with its ``1 - 2 alpha`` interval, the one-sided p of the claimed direction, the
+    minimum detectable effect at 80 % power and the verdict (:func:`serlib.stats.infer`).
+    Each verdict sits beside its own interval: ``inconclusive`` exactly when it holds 0."""
+    out = {}
+    for m in metrics:
+        inf = infer(comparison.metric(m), direction=direction, alpha=alpha)
+        name = m.upper()
+        out[f"Δ {name} [{round(100 * inf.level)} % CI]"] = _diff(inf)
+        out[f"p {name} (one-sided)"] = _p(inf.p)
+        out[f"MDE {name}"] = _mde(inf)
+        out[f"verdict {name}"] = inf.verdict
+    return out
+
+
+def verdict_phrase(verdicts: dict) -> str:
+    """``"agrees"`` when UA and WA say the same, else ``"UA: agrees, WA: inconclusive"``:
+    never one word for two metrics that disagree."""
+    if verdicts["ua"] == verdicts["wa"]:
+        return verdicts["ua"]
+    return f"UA: {verdicts['ua']}, WA: {verdicts['wa']}"
+
+
+def inference_note(comparison: Comparison, *, alpha: float) -> str:
+    """The caption that says what the inference columns are."""
+    c = comparison
+    unit = (f"{c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), corrected "
+            "resampled t-test" if c.paired_by == "fold"
+            else f"{c.n} paired speaker differences, paired t-test over speakers")
+    return (f"Δ: mean of the {unit}, with its {round(100 * (1 - 2 * alpha))} % t-interval; "
+            f"p: one-sided in the claimed direction, at alpha = {alpha:g} (the interval "
+            "excludes 0 exactly when the verdict is not inconclusive); MDE: the smallest "
+            "true difference detectable with 80 % power (points).")
 
 
 def compare_rows(rows: list[StudyRow], runs: dict[str, list[Run]], *, alpha: float,
@@ -86,13 +141,15 @@ def compare_rows(rows: list[StudyRow], runs: dict[str, list[Run]], *, alpha: flo
 
 # ----------------------------------------------------------------------------- leakage
 def leakage_table(rows: list[StudyRow], runs: dict[str, list[Run]],
-                  comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
+                  comparisons: dict[str, tuple[Comparison, dict]], *, alpha: float = 0.05
+                  ) -> pd.DataFrame:
     """Table 4 under both protocols side by side: WA and UA (mean ± std over seeds x folds),
-    the session minus stratified difference of the pooled UA and WA with its speaker-bootstrap
-    interval, the Wilcoxon p-value over speakers, and the verdict on "leakage inflates"."""
+    then the test of "leakage inflates" (session minus stratified below zero) on UA and WA:
+    :func:`inference_columns` (mean per-speaker difference, interval, one-sided p, MDE,
+    verdict)."""
     by_label = {r.label: r for r in rows}
     table = []
-    for label, (c, v) in comparisons.items():
+    for label, (c, _) in comparisons.items():
         row = by_label[label]
         ref = runs[row.compare_with]
         other = runs[label]
@@ -103,8 +160,7 @@ def leakage_table(rows: list[StudyRow], runs: dict[str, list[Run]],
             f"{ref[0].summary['protocol']} UA": _pm(_fold_values(ref, "ua")),
             f"{other[0].summary['protocol']} WA": _pm(_fold_values(other, "wa")),
             f"{other[0].summary['protocol']} UA": _pm(_fold_values(other, "ua")),
-            "Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
-            "p (WA)": _p(c.wa.p), "p (UA)": _p(c.ua.p), "verdict": v["overall"]})
+            **inference_columns(c, direction=-1, alpha=alpha)})
     return pd.DataFrame(table).set_index(["feature", "loss"])
 
 
@@ -157,18 +213,21 @@ def plot_per_speaker(table: pd.DataFrame, *, title: str, ax=None):
     sns.barplot(data=data, x="speaker", y="UA %", hue="gender", dodge=False, ax=ax,
                 palette={"F": "tab:red", "M": "tab:blue", "?": "tab:gray"})
     ax.axhline(data["UA %"].mean(), color="k", lw=1, ls="--", label="mean of speakers")
-    ax.set(title=title, ylim=(0, 100))
+    ax.set(title=title, ylim=(0, 100), ylabel="UA %")
     ax.tick_params(axis="x", rotation=45)
-    ax.legend(loc="lower right", fontsize=8)
+    # outside the axes: the legend never covers a bar
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="gender",
+              frameon=False)
     return ax
 
 
 # ----------------------------------------------------------------------------- imbalance
 def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
-                 comparisons: dict[str, tuple[Comparison, dict]]) -> pd.DataFrame:
-    """Every row's WA, UA, macro-F1 (mean ± std over seeds x folds), pooled per-class recall
-    (%), and against its reference: pooled UA and WA differences with speaker-bootstrap
-    intervals, the corrected t-test and Wilcoxon p-values of UA, and the verdict."""
+                 comparisons: dict[str, tuple[Comparison, dict]], *, alpha: float = 0.05,
+                 classes: tuple[str, ...] = PAPER_CLASSES) -> pd.DataFrame:
+    """Every row's WA, UA, macro-F1 (mean ± std over seeds x folds), pooled recall (%) of
+    ``classes``, and against its reference on "it beats the reference":
+    :func:`inference_columns` (effect, interval, one-sided p, MDE, verdict)."""
     table = []
     for row in rows:
         rs = runs[row.label]
@@ -177,17 +236,33 @@ def remedy_table(rows: list[StudyRow], runs: dict[str, list[Run]],
                  "UA %": _pm(_fold_values(rs, "ua")),
                  "macro-F1 %": _pm(_fold_values(rs, "macro_f1")),
                  **{f"{SHORT_NAMES[c]} %": round(100 * r, 1)
-                    for c, r in zip(PAPER_CLASSES, recall, strict=True)}}
+                    for c, r in zip(PAPER_CLASSES, recall, strict=True) if c in classes}}
         if row.label in comparisons:
-            c, v = comparisons[row.label]
-            entry.update({"Δ WA [CI]": _diff(c.wa), "Δ UA [CI]": _diff(c.ua),
-                          "p UA (t)": _p(c.ua.p_t), "p UA (Wilcoxon)": _p(c.ua.wilcoxon_p),
-                          "verdict": v["overall"]})
-        else:
-            entry.update({"Δ WA [CI]": "reference", "Δ UA [CI]": "reference",
-                          "p UA (t)": "", "p UA (Wilcoxon)": "", "verdict": ""})
+            c, _ = comparisons[row.label]
+            entry.update(inference_columns(c, direction=1, alpha=alpha))
         table.append(entry)
+    if comparisons:            # the reference row: blank inference columns, in their order
+        c, _ = next(iter(comparisons.values()))
+        blank = dict.fromkeys(inference_columns(c, direction=1, alpha=alpha), "")
+        for entry in table:
+            if entry["remedy"] not in comparisons:
+                entry.update({**blank, "verdict UA": "reference"})
     return pd.DataFrame(table).set_index("remedy")
+
+
+def best_other_remedy(rows: list[StudyRow], runs: dict[str, list[Run]]) -> tuple[str, str]:
+    """``(focal, best other)``: the plain focal row with the highest mean UA over seeds x
+    folds, and the highest-UA row that is neither focal loss nor the reference."""
+    def ua(label: str) -> float:
+        return float(_fold_values(runs[label], "ua").mean())
+
+    focal = [r.label for r in rows if r.kind == "trained" and r.config.get("loss") == "focal"
+             and not (set(r.config) - {"feature", "loss", "protocol", "gamma"})]
+    others = [r.label for r in rows if not r.reference and r.config.get("loss") != "focal"]
+    if not focal or not others:
+        raise SerlibError("the study needs a plain focal row and another remedy to compare "
+                          "focal loss with the best other remedy")
+    return max(focal, key=ua), max(others, key=ua)
 
 
 def gamma_curve(rows: list[StudyRow], runs: dict[str, list[Run]], *,
@@ -230,14 +305,18 @@ def paper_minority_shift() -> dict[str, float]:
     return {c: float(paper.TABLE3.loc[c, c] - paper.TABLE2.loc[c, c]) for c in PAPER_CLASSES}
 
 
-def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]]) -> pd.DataFrame:
+def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]], *,
+                         minority: tuple[str, ...] = MINORITY) -> pd.DataFrame:
     """How each row moves every class's pooled recall (points, row minus its reference), with
-    the paper's Table 2 -> 3 shift as the first row and the clip counts behind each recall."""
+    the paper's Table 2 -> 3 shift (IEMOCAP) as the first row and the test clips behind the
+    recall of each ``minority`` class (this build's, :mod:`serlib.corpus_facts`)."""
     by_label = {r.label: r for r in rows}
     shift = paper_minority_shift()
-    table = [{"remedy": "paper: focal vs softmax (Tables 2 -> 3)",
+    column = f"test clips ({' / '.join(SHORT_NAMES[c] for c in minority)})"
+    index = [PAPER_CLASSES.index(c) for c in minority]
+    table = [{"remedy": "paper (IEMOCAP): focal vs softmax (Tables 2 -> 3)",
               **{f"Δ {SHORT_NAMES[c]}": round(shift[c], 1) for c in PAPER_CLASSES},
-              "test clips (hap / ang)": "—"}]
+              column: "—"}]
     for label, row in by_label.items():
         if row.compare_with is None:
             continue
@@ -247,36 +326,63 @@ def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]]) -> pd
         table.append({"remedy": label,
                       **{f"Δ {SHORT_NAMES[c]}": round(100 * (a - b), 1)
                          for c, a, b in zip(PAPER_CLASSES, r1, r0, strict=True)},
-                      "test clips (hap / ang)":
-                          f"{int(n[1]) // n_runs} / {int(n[3]) // n_runs}"})
+                      column: " / ".join(str(int(n[k]) // n_runs) for k in index)})
     return pd.DataFrame(table).set_index("remedy")
 
 
 # ----------------------------------------------------------------------------- sentences
-def verdict_sentence(label: str, comparison: Comparison, verdicts: dict, *, claim: str,
-                     alpha: float) -> str:
-    """One sentence: the claim, the differences with intervals and p-values, the verdict."""
+_VERB = {"agrees": "agrees with", "contradicts": "contradicts",
+         "inconclusive": "is inconclusive about"}
+
+
+def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None = None, *,
+                     claim: str, alpha: float, direction: int = 1) -> str:
+    """One sentence: the claim, the effect tested on UA and WA with its ``1 - 2 alpha``
+    interval, one-sided p and minimum detectable effect, the verdict. (The pooled difference
+    and its speaker bootstrap, :attr:`serlib.stats.MetricTest.bootstrap_ci`, are descriptive
+    and left out: one interval per verdict.)
+
+    ``verdicts`` (from :func:`serlib.stats.verdict`) is optional; when given it must be the
+    one for ``direction`` and ``alpha`` (a mismatch raises: the words would not follow the
+    numbers).
+    """
     c = comparison
-    word = {"agrees": "agrees with", "contradicts": "contradicts",
-            "inconclusive": "is inconclusive on"}[verdicts["overall"]]
-    return (f"**{label}** {word} the claim that {claim}: UA {_diff(c.ua)} points "
-            f"(p = {_p(c.ua.p)}, {verdicts['ua']}), WA {_diff(c.wa)} points "
-            f"(p = {_p(c.wa.p)}, {verdicts['wa']}); {c.ua.test}, n = {c.n}, "
-            f"alpha = {alpha:g}, {round(100 * c.level)} % speaker-bootstrap intervals.")
+    words = verdict(c, direction=direction, alpha=alpha)
+    if verdicts is not None and verdicts != words:
+        raise SerlibError(f"verdicts {verdicts} were not computed with direction={direction} "
+                          f"and alpha={alpha:g} ({words})")
+    if words["ua"] == words["wa"]:
+        word = {"agrees": "agrees with", "contradicts": "contradicts",
+                "inconclusive": "is inconclusive on"}[words["ua"]]
+    else:
+        word = (f"{_VERB[words['ua']]} on UA and {_VERB[words['wa']]} on WA")
+    parts = []
+    for m in ("ua", "wa"):
+        inf = infer(c.metric(m), direction=direction, alpha=alpha)
+        parts.append(f"{m.upper()} {_diff(inf)} points (one-sided p = {_p(inf.p)}, "
+                     f"{inf.verdict}; detectable at 80 % power: {_mde(inf)})")
+    level = round(100 * (1 - 2 * alpha))
+    unit = (f"mean of {c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), "
+            "corrected resampled t-test" if c.paired_by == "fold"
+            else f"mean of {c.n} paired speaker differences, paired t-test over speakers")
+    return (f"**{label}** {word} the claim that {claim}: {parts[0]}, {parts[1]}; {unit}, "
+            f"one-sided at alpha = {alpha:g} with {level} % intervals.")
 
 
 # ----------------------------------------------------------------------------- recipes
-def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: float = 0.05,
+def recipe_comparison(reference: Run | list[Run] | None, beside: dict[str, Run | list[Run]], *,
+                      alpha: float = 0.05,
                       n_resamples: int = 1000, seed: int = 0,
                       labels: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The paper's recipe, the strong recipe and the measured baselines side by side.
 
     Parameters
     ----------
-    reference : Run or None
+    reference : Run, list of Run (one per seed) or None
         The paper's recipe on this build's corpus (``mfcc_focal``).
-    beside : dict of str to Run
-        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder.
+    beside : dict of str to Run or list of Run
+        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder
+        (``seeds=True``: every seed, paired seed by seed).
     labels : dict of str to str, optional
         Row names by folder (default: the folder names).
 
@@ -294,17 +400,18 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
         (labels.get(folder, folder), run) for folder, run in beside.items()]
     rows, sentences = [], []
     for name, run in named:
-        s = run.summary
-        rows.append({"run": name, "WA %": percent(s["wa_mean"], s["wa_std"]),
-                     "UA %": percent(s["ua_mean"], s["ua_std"]),
-                     "macro-F1 %": round(100 * s["macro_f1_mean"], 1)})
+        ours = pooled_fold_summary(run)
+        rows.append({"run": name, "WA %": ours["WA"], "UA %": ours["UA"],
+                     "macro-F1 %": round(100 * float(_fold_values(_listed(run),
+                                                                  "macro_f1").mean()), 1),
+                     "seeds x folds": ours["seeds x folds"]})
 
-    def paired(a: Run, b: Run, name: str, claim: str) -> str:
+    def paired(a, b, name: str, claim: str) -> str:
         try:
             comparison = compare_runs(a, b, n_resamples=n_resamples, seed=seed)
         except SerlibError as error:      # folds differ: never paired
             reason = str(error)
-            for run in (a, b):            # the folder names, not the build's paths
+            for run in (*_listed(a), *_listed(b)):   # the folder names, not the build's paths
                 reason = reason.replace(str(run.path), run.path.name)
             return f"- **{name}** is not paired: {reason}"
         v = verdict(comparison, direction=1, alpha=alpha)
@@ -322,24 +429,33 @@ def recipe_comparison(reference: Run | None, beside: dict[str, Run], *, alpha: f
                                     f"{labels.get(bf, bf)}", "it beats the baseline"))
     recipe = RECIPES["strong"]
     for folder, run in strong.items():
-        width, epochs = run.summary.get("width"), run.summary.get("epochs")
+        width, epochs = _listed(run)[0].summary.get("width"), _listed(run)[0].summary.get(
+            "epochs")
         if (width, epochs) != (recipe["width"], recipe["epochs"]):
             sentences.append(
                 f"- **{labels.get(folder, folder)}** ran at width {width} for {epochs} epochs, "
                 f"not the recipe's {recipe['width']} and {recipe['epochs']}: its row shows "
                 "the recipe's pipeline at a smaller size, not the recipe's accuracy.")
     if rows:
-        best = max(named, key=lambda item: item[1].summary["ua_mean"])
-        sentences.append(f"- Highest mean UA over folds here: **{best[0]}** "
-                         f"({100 * best[1].summary['ua_mean']:.1f} %); whether that lead is "
+        def mean_ua(item):
+            return float(_fold_values(_listed(item[1]), "ua").mean())
+
+        best = max(named, key=mean_ua)
+        sentences.append(f"- Highest mean UA over seeds x folds here: **{best[0]}** "
+                         f"({100 * mean_ua(best):.1f} %); whether that lead is "
                          "more than chance is what the paired tests above say.")
-    table = pd.DataFrame(rows, columns=["run", "WA %", "UA %", "macro-F1 %"]).set_index("run")
+    table = pd.DataFrame(rows, columns=["run", "WA %", "UA %", "macro-F1 %", "seeds x folds"]
+                         ).set_index("run")
     return table, sentences
 
 
 __all__ = [
+    "best_other_remedy",
     "compare_rows",
     "gamma_curve",
+    "inference_columns",
+    "inference_note",
+    "verdict_phrase",
     "leakage_table",
     "load_study",
     "minority_shift_table",

@@ -8,7 +8,9 @@ nothing is typed by hand.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +29,88 @@ def percent(mean: float, std: float) -> str:
 
 
 def provenance(run: Run, *, profile: str | None = None) -> str:
-    """Where a number came from: corpus, protocol, folds, profile, commit, device."""
+    """Where a number came from: corpus, protocol (as it forms folds on this corpus:
+    sessions or speaker folds, :mod:`serlib.corpus_facts`), profile, commit, device."""
+    from serlib.corpus_facts import run_facts
+
     s = run.summary
-    corpus = s["corpus"]
-    if corpus == "generated":
-        corpus = "the generated IEMOCAP-shaped corpus (not IEMOCAP)"
-    parts = [f"corpus: {corpus} ({s['n_utterances']} utterances)",
-             f"protocol: {s['n_folds']}-fold {s['protocol']}",
-             f"width {s['width']}, {s['epochs']} epochs"]
+    facts = run_facts(run)
+    parts = [f"corpus: {facts.name} ({s['n_utterances']} utterances)",
+             f"protocol: {facts.protocol_phrase(s['protocol'], s['n_folds'])}"]
+    if s.get("width") is not None:
+        parts.append(f"width {s['width']}, {s['epochs']} epochs")
     if profile:
         parts.append(f"profile: {profile}")
-    parts += [f"commit: {s['commit']}", f"device: {s['device']}"]
+    parts += [f"commit: {s.get('commit', '?')}", f"device: {s.get('device', '?')}"]
     versions = run.versions
     if versions:
         shown = ("torch", "librosa", "numpy", "scikit-learn", "cuda")
         parts.append(", ".join([f"python {versions.get('python')}"] + [
             f"{name} {versions[name]}" for name in shown if versions.get(name)]))
     return "; ".join(parts)
+
+
+_SEEDED = re.compile(r"^(?P<base>.+?)(?:_seed(?P<seed>\d+))?$")
+
+
+def seed_runs(runs_dir: str | os.PathLike, base: str) -> list[Run]:
+    """The finished runs of one configuration over seeds: folder ``base`` and every
+    ``base_seed<k>`` (as :meth:`serlib.book.Profile.runs` names them), in seed order."""
+    from serlib.studies import seed_suffix
+
+    runs_dir = Path(runs_dir)
+    found = []
+    for folder in runs_dir.glob(f"{glob.escape(base)}*"):
+        m = _SEEDED.match(folder.name)
+        if m and m["base"] == base and (folder / "summary.json").is_file():
+            seed = int(m["seed"] or 0)
+            if folder.name == base + seed_suffix(seed):     # the one naming rule
+                found.append((seed, folder))
+    return [load_run(folder) for _, folder in sorted(found)]
+
+
+def load_seeded_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], list[Run]]:
+    """The paper's four configurations (``<feature>_<loss>`` and their ``_seed<k>`` twins),
+    keyed by (feature, loss), one run per seed; configurations without a run are left out."""
+    out = {}
+    for feature, loss in paper.TABLE4[["feature", "loss"]].itertuples(index=False):
+        runs = seed_runs(runs_dir, f"{feature}_{loss}")
+        if runs:
+            out[(feature, loss)] = runs
+    return out
+
+
+def _as_list(runs) -> list[Run]:
+    return list(runs) if isinstance(runs, (list, tuple)) else [runs]
+
+
+def pooled_fold_summary(runs: Run | list[Run]) -> dict:
+    """WA and UA (mean ± std over seeds x folds, as text), the number of seeds, total wall
+    time and devices of one configuration's runs (``summary.json`` ``wall_seconds`` and
+    ``device``; "-" when a run does not record them)."""
+    runs = _as_list(runs)
+    wa = np.array([m["wa"] for r in runs for m in r.folds])
+    ua = np.array([m["ua"] for r in runs for m in r.folds])
+
+    def std(values: np.ndarray) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    seconds = [r.summary.get("wall_seconds") for r in runs]
+    devices = sorted({str(r.summary["device"]) for r in runs if r.summary.get("device")})
+    return {"WA": percent(float(wa.mean()), std(wa)), "UA": percent(float(ua.mean()), std(ua)),
+            "seeds x folds": f"{len(runs)} x {len(runs[0].folds)}",
+            "wall time": (format_seconds(sum(seconds)) if all(
+                isinstance(s, (int, float)) for s in seconds) else "-"),
+            "device": ", ".join(devices) or "-"}
+
+
+def format_seconds(seconds: float) -> str:
+    """``"48 s"``, ``"6.3 min"``, ``"2.1 h"``: a readable duration."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    if seconds < 6000:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 #: Row labels of the measured baselines shown beside the paper's method (folder -> label).
@@ -54,14 +121,19 @@ BASELINE_LABELS = {
 _FEATURE_NAMES = {"spectrogram": "Spectrogram", "mfcc": "MFCC"}
 
 
-def beside_runs(runs_dir: str | os.PathLike) -> dict[str, Run]:
+def beside_runs(runs_dir: str | os.PathLike, *, seeds: bool = False
+                ) -> dict[str, Run] | dict[str, list[Run]]:
     """The finished runs of ``runs_dir`` shown beside the paper's method, by folder name:
     those of the strong recipe (``<feature>_<loss>_strong``, as a profile names them), then
-    the measured baselines (:data:`BASELINE_LABELS`)."""
+    the measured baselines (:data:`BASELINE_LABELS`). ``seeds=True``: each name maps to its
+    runs over seeds (:func:`seed_runs`: ``name`` and ``name_seed<k>``)."""
     runs_dir = Path(runs_dir)
     strong = sorted(p.parent.name for p in runs_dir.glob("*_strong/summary.json"))
-    return {name: load_run(runs_dir / name) for name in [*strong, *BASELINE_LABELS]
-            if (runs_dir / name / "summary.json").is_file()}
+    names = [name for name in [*strong, *BASELINE_LABELS]
+             if (runs_dir / name / "summary.json").is_file()]
+    if seeds:
+        return {name: seed_runs(runs_dir, name) for name in names}
+    return {name: load_run(runs_dir / name) for name in names}
 
 
 def beside_label(name: str, run: Run) -> str:
@@ -69,46 +141,59 @@ def beside_label(name: str, run: Run) -> str:
     recipe"`` (from its summary) or the baseline's :data:`BASELINE_LABELS` entry."""
     if name in BASELINE_LABELS:
         return BASELINE_LABELS[name]
-    s = run.summary
+    s = _as_list(run)[0].summary
     feature = _FEATURE_NAMES.get(s.get("feature"), str(s.get("feature")))
     return f"Ours: {feature} + {s.get('loss')} loss, strong recipe"
 
 
-def table1(runs: dict[tuple[str, str], Run], beside: dict[str, Run] | None = None
-           ) -> pd.DataFrame:
-    """Table 1: the paper's baselines and models beside our two focal-loss models (WA, UA %),
-    then the runs of ``beside`` (:func:`beside_runs`: strong recipe, measured baselines)."""
+def table1(runs: dict[tuple[str, str], Run | list[Run]],
+           beside: dict[str, Run | list[Run]] | None = None) -> pd.DataFrame:
+    """Table 1: the paper's baselines and models beside our two focal-loss models (WA, UA %:
+    mean ± std over seeds x folds), then the runs of ``beside`` (:func:`beside_runs`: strong
+    recipe, measured baselines); our rows also show seeds x folds, wall time and device
+    (:func:`pooled_fold_summary`). A value of ``runs`` may be one run or its runs over
+    seeds."""
+    blank = {"seeds x folds": "", "wall time": "", "device": ""}
     rows = [{"model": r.model, "source": "paper" if r.kind == "paper" else "paper (baseline)",
-             "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}"} for r in paper.TABLE1.itertuples()]
+             "WA": f"{r.WA:.1f}", "UA": f"{r.UA:.1f}", **blank}
+            for r in paper.TABLE1.itertuples()]
     chosen = [(f"Ours: {label} + focal loss", runs.get((feature, "focal")))
               for feature, label in _FEATURE_NAMES.items()]
     chosen += [(beside_label(name, run), run) for name, run in (beside or {}).items()]
     for label, run in chosen:
-        if run is not None:
-            s = run.summary
-            rows.append({"model": label, "source": "this build",
-                         "WA": percent(s["wa_mean"], s["wa_std"]),
-                         "UA": percent(s["ua_mean"], s["ua_std"])})
+        if run:
+            rows.append({"model": label, "source": "this build", **pooled_fold_summary(run)})
     return pd.DataFrame(rows).set_index("model")
 
 
-def table4(runs: dict[tuple[str, str], Run]) -> pd.DataFrame:
-    """Table 4: every feature x loss, ours (mean ± std over folds) beside the paper's."""
+def table4(runs: dict[tuple[str, str], Run | list[Run]]) -> pd.DataFrame:
+    """Table 4: every feature x loss, ours (mean ± std over seeds x folds, seeds x folds, wall
+    time, device) beside the paper's."""
     rows = []
     for r in paper.TABLE4.itertuples():
         run = runs.get((r.feature, r.loss))
+        ours = pooled_fold_summary(run) if run else {
+            "WA": "—", "UA": "—", "seeds x folds": "—", "wall time": "-", "device": "-"}
         rows.append({
             "feature": r.feature, "loss": r.loss,
             "paper WA": r.WA, "paper UA": r.UA,
-            "ours WA": percent(run.summary["wa_mean"], run.summary["wa_std"]) if run else "—",
-            "ours UA": percent(run.summary["ua_mean"], run.summary["ua_std"]) if run else "—",
+            "ours WA": ours["WA"], "ours UA": ours["UA"],
+            "seeds x folds": ours["seeds x folds"], "wall time": ours["wall time"],
+            "device": ours["device"],
         })
     return pd.DataFrame(rows).set_index(["feature", "loss"])
 
 
-def confusion_table(run: Run) -> pd.DataFrame:
-    """Row-normalised confusion in % (summed over folds): rows true, columns predicted."""
-    counts = np.asarray(run.summary["confusion"])
+def confusion_counts(runs: Run | list[Run]) -> np.ndarray:
+    """Confusion counts (rows true, columns predicted) summed over folds and seeds."""
+    return np.sum([np.asarray(r.summary["confusion"], dtype=float) for r in _as_list(runs)],
+                  axis=0)
+
+
+def confusion_table(run: Run | list[Run]) -> pd.DataFrame:
+    """Row-normalised confusion in % (summed over folds and seeds): rows true, columns
+    predicted."""
+    counts = confusion_counts(run)
     names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
     return pd.DataFrame(confusion_percent(counts).round(1), index=names, columns=names)
 
@@ -160,8 +245,16 @@ def plot_learning_curves(run: Run):
     history = run.history.assign(fold=run.history["fold"].astype(str))
     sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0])
     sns.lineplot(data=history, x="epoch", y="val_ua", hue="fold", ax=axes[1])
-    axes[0].set(title=f"{run.name}: training loss", ylabel="loss")
-    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA")
+    axes[0].set(title=f"{run.name}: training loss", ylabel="loss", xlabel="epoch")
+    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA", xlabel="epoch")
+    # one legend, outside the data (right of the second panel)
+    if axes[0].get_legend() is not None:
+        axes[0].get_legend().remove()
+    handles, labels = axes[1].get_legend_handles_labels()
+    if axes[1].get_legend() is not None:
+        axes[1].get_legend().remove()
+    axes[1].legend(handles, labels, title="fold", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                   frameon=False, fontsize=8)
     return fig
 
 
@@ -174,26 +267,35 @@ def fold_table(run: Run) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("fold")
 
 
-def recall_change_table(softmax: Run, focal: Run) -> pd.DataFrame:
-    """Per-class recall (%) of MFCC + softmax and + focal loss, their change, and the paper's
-    change from its Table 2 to Table 3, with the test clips behind each class.
+def recall_change_table(softmax: Run | list[Run], focal: Run | list[Run]) -> pd.DataFrame:
+    """Per-class recall (%) of MFCC + softmax and + focal loss (all folds and seeds), their
+    change, and the paper's change from its Table 2 to Table 3 (IEMOCAP), with the test clips
+    behind each class (per seed).
 
     Returns
     -------
     DataFrame, one row per class (``PAPER_CLASSES`` order): ``softmax %``, ``focal %``,
     ``change (points)``, ``paper change (points)``, ``test clips``.
     """
+    ours = [confusion_counts(runs) for runs in (softmax, focal)]
+    n_seeds = len(_as_list(focal))
     rows = []
     for k, name in enumerate(PAPER_CLASSES):
-        ours = [np.asarray(run.summary["confusion"], dtype=float) for run in (softmax, focal)]
         recall = [100 * c[k, k] / c[k].sum() if c[k].sum() else np.nan for c in ours]
         rows.append({"class": name, "softmax %": round(recall[0], 1),
                      "focal %": round(recall[1], 1),
                      "change (points)": round(recall[1] - recall[0], 1),
                      "paper change (points)": round(float(paper.TABLE3.loc[name, name]
                                                           - paper.TABLE2.loc[name, name]), 1),
-                     "test clips": int(ours[1][k].sum())})
+                     "test clips": int(ours[1][k].sum()) // n_seeds})
     return pd.DataFrame(rows).set_index("class")
+
+
+def confusion_change(softmax: Run | list[Run], focal: Run | list[Run]) -> np.ndarray:
+    """Focal minus softmax row-normalised confusion, in points, from the exact counts (not
+    from rounded percentages), shape (4, 4)."""
+    return confusion_percent(confusion_counts(focal)) - confusion_percent(
+        confusion_counts(softmax))
 
 
 def plot_confusion_change(softmax: Run, focal: Run):
@@ -203,7 +305,7 @@ def plot_confusion_change(softmax: Run, focal: Run):
     import seaborn as sns
 
     names = [SHORT_NAMES[c] for c in PAPER_CLASSES]
-    ours = confusion_table(focal).to_numpy() - confusion_table(softmax).to_numpy()
+    ours = confusion_change(softmax, focal)          # exact counts, not rounded percentages
     theirs = paper.TABLE3.to_numpy() - paper.TABLE2.to_numpy()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), constrained_layout=True)
     for ax, values, title in ((axes[0], ours, "this build"), (axes[1], theirs, "paper")):
@@ -211,4 +313,5 @@ def plot_confusion_change(softmax: Run, focal: Run):
                     vmin=-40, vmax=40, cmap="RdBu", center=0, cbar=False, square=True, ax=ax)
         ax.set(title=f"focal minus softmax (points): {title}", xlabel="predicted",
                ylabel="true")
+    axes[1].set_title("focal minus softmax (points): paper (IEMOCAP)")
     return fig

@@ -37,11 +37,12 @@ The YAML shape, under a profile's ``studies:`` key (every key but ``runs`` optio
   ``logit_adjustment`` is :func:`serlib.posthoc.logit_adjust` with ``tau``.
 
 Run names are stable, readable slugs of the resolved configuration: ``<feature>_<loss>``, with
-``<protocol>/`` in front unless it is ``stratified`` (so the paper's four keep their names
-``spectrogram_softmax`` ... ), ``_g<gamma>`` for a focal loss whose gamma differs from
-``base_training``'s, ``_<field>-<value>`` for every other field that differs from
-``base_training`` (or from the TrainConfig default), and ``_seed<k>`` for every seed but the
-base one: ``session/mfcc_focal_g0.5``, ``session/mfcc_softmax_class_weights-inverse_seed1``.
+``<protocol>/`` in front unless it is ``base_training``'s (``stratified`` by default; so the
+paper's four keep their names ``spectrogram_softmax`` ... ), ``_g<gamma>`` for a focal loss
+whose gamma differs from ``base_training``'s, ``_<field>-<value>`` for every other field that
+differs from ``base_training`` (or from the TrainConfig default), and ``_seed<k>`` for every
+seed but the base one: ``session/mfcc_focal_g0.5``,
+``session/mfcc_softmax_class_weights-inverse_seed1``.
 A configuration that appears in two studies resolves to the same fields and is trained once.
 """
 
@@ -175,8 +176,19 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def seed_suffix(seed: int, *, base_seed: int = 0) -> str:
+    """``"_seed<k>"`` for every seed but the base one, else ``""``: how every run folder of a
+    configuration is named per seed (grid entries, named entries, studies, baselines)."""
+    return f"_seed{seed}" if int(seed) != int(base_seed) else ""
+
+
 def run_name(resolved: dict, *, base_training: dict) -> str:
-    """The run name (slug) of a resolved configuration; see the module docstring."""
+    """The run name (slug) of a resolved configuration; see the module docstring.
+
+    The one naming rule of the project: the grid's entries (:meth:`serlib.book.Profile.runs`),
+    the studies, and the readers (:func:`serlib.results.seed_runs`) all go through it and
+    :func:`seed_suffix`.
+    """
     defaults = {**_train_defaults(), **base_training}
     protocol = resolved.get("protocol", "stratified")
     name = f"{resolved['feature']}_{resolved['loss']}"
@@ -188,13 +200,15 @@ def run_name(resolved: dict, *, base_training: dict) -> str:
         if key in defaults and _freeze(resolved[key]) == _freeze(defaults[key]):
             continue
         name += f"_{key}-{_fmt(resolved[key])}"
-    if resolved.get("seed", defaults.get("seed", 0)) != defaults.get("seed", 0):
-        name += f"_seed{resolved['seed']}"
-    name = re.sub(r"[^A-Za-z0-9._-]", "-", name)
-    return name if protocol == "stratified" else f"{protocol}/{name}"
+    name += seed_suffix(resolved.get("seed", defaults.get("seed", 0)),
+                        base_seed=defaults.get("seed", 0))
+    name = re.sub(r"[^A-Za-z0-9._+-]", "-", name)
+    # a group folder for every protocol but the profile's own (so the paper's four keep
+    # ``<feature>_<loss>`` under the profile's shared settings)
+    return name if protocol == defaults.get("protocol", "stratified") else f"{protocol}/{name}"
 
 
-def _resolve(entry: dict, *, base_training: dict) -> dict:
+def resolve(entry: dict, *, base_training: dict) -> dict:
     """The overrides of one configuration: the fields given, plus feature, loss, protocol
     (and gamma for focal) from ``base_training`` / the defaults when not given; the fields
     equal to the TrainConfig default and not in ``base_training`` are dropped."""
@@ -260,7 +274,7 @@ def expand_studies(studies: dict, *, base_training: dict, seeds: Sequence[int] |
         _check_study(name, study)
         for config in _configs(name, study):
             for seed in _seeds(study, seeds, name):
-                overrides = _resolve({**config, "seed": seed}, base_training=base_training)
+                overrides = resolve({**config, "seed": seed}, base_training=base_training)
                 key = _identity(overrides, base_training=base_training)
                 if key in seen:
                     continue
@@ -315,7 +329,7 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
     study_seeds = _seeds(study, seeds, name)
     configs = []
     for config in _configs(name, study):
-        resolved = _resolve(config, base_training=base_training)
+        resolved = resolve(config, base_training=base_training)
         resolved.pop("seed", None)
         if resolved not in configs:
             configs.append(resolved)
@@ -352,7 +366,7 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
 
     rows = []
     for c, label in zip(configs, labels, strict=True):
-        runs = tuple(run_name(_resolve({**c, "seed": s}, base_training=base_training),
+        runs = tuple(run_name(resolve({**c, "seed": s}, base_training=base_training),
                               base_training=base_training) for s in study_seeds)
         rows.append(StudyRow(label=label, config=c, runs=runs, reference=c in refs,
                              compare_with=reference_of(c)))
@@ -371,4 +385,5 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
     return rows
 
 
-__all__ = ["DEFAULT_STUDIES", "StudyRow", "expand_studies", "run_name", "study_rows"]
+__all__ = ["DEFAULT_STUDIES", "StudyRow", "expand_studies", "resolve", "run_name", "seed_suffix",
+           "study_rows"]

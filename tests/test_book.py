@@ -14,7 +14,7 @@ from serlib.cli import main
 from serlib.errors import SerlibError
 
 PAGES = ["01_introduction", "02_data_selection", "03_features", "04_model_and_focal_loss",
-         "05_training_overview", "06_results", "07_speaker_leakage", "08_imbalance",
+         "05_training_overview", "06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
          "09_using_the_model", "10_api"] + [
     f"05_training_{f}_{loss}" for f, loss in PAPER_GRID] + ["05_training_spectrogram_focal_strong"]
 
@@ -99,11 +99,16 @@ def test_grid_entries_override_any_field_and_seeds_repeat_them(tmp_path):
     profile = Profile.load(path)
     runs = dict(profile.runs())
     assert list(runs) == ["mfcc_focal", "mfcc_focal_seed1",
-                          "mfcc_focal_gamma-0.5_protocol-session",
-                          "mfcc_focal_gamma-0.5_protocol-session_seed1",
+                          "session/mfcc_focal_g0.5", "session/mfcc_focal_g0.5_seed1",
                           "weighted", "weighted_seed1"]
-    assert runs["mfcc_focal_gamma-0.5_protocol-session_seed1"].seed == 1
-    assert runs["mfcc_focal_gamma-0.5_protocol-session"].protocol == "session"
+    assert runs["session/mfcc_focal_g0.5_seed1"].seed == 1
+    assert runs["session/mfcc_focal_g0.5"].protocol == "session"
+    # one naming rule: a grid entry and the same study configuration share their folder
+    from serlib.studies import expand_studies
+    study = dict(expand_studies({"s": {"runs": [{"feature": "mfcc", "loss": "focal",
+                                                  "gamma": 0.5, "protocol": "session"}]}},
+                                base_training=profile.training, seeds=[0, 1]))
+    assert set(study) == {"session/mfcc_focal_g0.5", "session/mfcc_focal_g0.5_seed1"}
     assert runs["weighted"].alpha == (1.0, 2.0, 1.0, 2.0) and runs["weighted"].epochs == 1
     assert profile.engine == {"name": "local", "jobs": 2}
     plan = chapter_plan(profile, {"data_root": "/d", "manifest": "", "selection": "/s.csv",
@@ -143,7 +148,7 @@ def test_staging_expands_training_pages(tmp_path):
                                    "selection": "/s.csv", "cache": "/c", "runs": "/r"})
     assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
     assert pages[0] == "02_data_selection"
-    assert pages[-4:] == ["06_results", "07_speaker_leakage", "08_imbalance",
+    assert pages[-5:] == ["06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
                           "09_using_the_model"]
     study = plan[-2][2]
     assert study["studies"] == profile.studies and study["runs_dir"] == "/r"

@@ -99,3 +99,21 @@ def test_study_pages_show_their_tables_and_figures(chromium, server, tmp_path, p
     png = tmp_path / "study.png"
     browse(chromium, tmp_path, f"{server}/{page}", f"--screenshot={png}")
     assert_not_blank(png)
+
+
+def test_verdicts_page_has_a_row_per_claim(chromium, server, tmp_path):
+    dom = browse(chromium, tmp_path, f"{server}/book/06b_verdicts.html", "--dump-dom")
+    assert "<table" in dom, "the verdicts page has no table"
+    table = dom[dom.index("<table"):]
+    for claim in ("Focal loss beats softmax (Spectrogram)", "Focal loss beats softmax (MFCC)",
+                  "raises the rare classes", "MFCC beats the spectrogram",
+                  "Satt et al. (2017)", "Yenigalla et al. (2018)", "Tashev (2015)",
+                  "Speaker leakage inflates the score", "Focal loss (focal, gamma 2) beats",
+                  "beats logistic regression", "The strong recipe beats the paper"):
+        assert claim in table, f"no row for {claim!r} on the verdicts page"
+    for column in ("MDE (points)", "p (Holm)", "verdict", "chapter"):
+        assert column in table, column
+    assert any(word in table for word in ("agrees", "contradicts", "inconclusive"))
+    png = tmp_path / "verdicts.png"
+    browse(chromium, tmp_path, f"{server}/book/06b_verdicts.html", f"--screenshot={png}")
+    assert_not_blank(png)

@@ -8,7 +8,9 @@ import matplotlib
 import numpy as np
 import pytest
 
+from serlib.errors import SerlibError
 from serlib.report import (
+    best_other_remedy,
     compare_rows,
     gamma_curve,
     leakage_table,
@@ -21,6 +23,7 @@ from serlib.report import (
     remedy_table,
     verdict_sentence,
 )
+from serlib.stats import infer
 from serlib.studies import DEFAULT_STUDIES, study_rows
 from tests.stats_runs import write_study_runs
 
@@ -50,9 +53,49 @@ def test_leakage_table_pairs_protocols_by_utterance(runs_dir):
     assert list(table.index) == [("spectrogram", "softmax"), ("spectrogram", "focal"),
                                  ("mfcc", "softmax"), ("mfcc", "focal")]
     assert table.loc[("mfcc", "focal"), "paper UA"] == 66.7
-    assert {"stratified UA", "session UA", "Δ UA [CI]", "verdict"} <= set(table.columns)
-    text = verdict_sentence("MFCC + focal", c, v, claim="leakage inflates", alpha=0.05)
-    assert "agrees with" in text and "n = 10" in text
+    assert {"stratified UA", "session UA", "Δ UA [90 % CI]", "p UA (one-sided)", "MDE UA",
+            "verdict UA", "verdict WA"} <= set(table.columns)
+    text = verdict_sentence("MFCC + focal", c, v, claim="leakage inflates", alpha=0.05,
+                            direction=-1)
+    assert "agrees with" in text and "mean of 10 paired speaker differences" in text
+    # the printed effect is the tested one, in points, with its 90 % interval
+    inf = infer(c.ua, direction=-1, alpha=0.05)
+    lo, hi = inf.interval
+    assert f"UA {100 * inf.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] points" in text
+    assert table.loc[("mfcc", "focal"), "Δ UA [90 % CI]"] == (
+        f"{100 * inf.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    assert "bootstrap" not in text        # one interval per verdict: the one that decides
+    with pytest.raises(SerlibError, match="direction"):      # words must follow the numbers
+        verdict_sentence("x", c, v, claim="leakage inflates", alpha=0.05, direction=1)
+
+
+def _parse(cell: str) -> tuple[float, float, float]:
+    effect, interval = cell.split(" [")
+    lo, hi = interval.rstrip("]").split(", ")
+    return float(effect), float(lo), float(hi)
+
+
+def test_no_inconclusive_row_has_an_interval_that_excludes_zero(runs_dir):
+    for name, direction in (("leakage", -1), ("imbalance", 1)):
+        rows, runs = _study(runs_dir, name)
+        comparisons = compare_rows(rows, runs, alpha=0.05, direction=direction,
+                                   n_resamples=100)
+        table = (leakage_table if name == "leakage" else remedy_table)(rows, runs, comparisons)
+        checked = 0
+        for _, row in table.iterrows():
+            if row["verdict UA"] in ("", "reference"):
+                continue
+            for m in ("UA", "WA"):
+                _, lo, hi = _parse(row[f"Δ {m} [90 % CI]"])
+                if lo > 0 or hi < 0:      # one decimal: a bound of 0.0 stays ambiguous
+                    assert row[f"verdict {m}"] != "inconclusive"
+                    checked += 1
+        assert checked > 0
+        for c, v in comparisons.values():
+            for m in ("ua", "wa"):
+                inf = infer(c.metric(m), direction=direction, alpha=0.05)
+                lo, hi = inf.interval
+                assert (v[m] == "inconclusive") == (lo <= 0 <= hi)
 
 
 def test_per_speaker_table_and_figure(runs_dir):
@@ -62,6 +105,11 @@ def test_per_speaker_table_and_figure(runs_dir):
     assert (table["utterances"] == 40).all()
     ax = plot_per_speaker(table, title="x")
     assert len(ax.patches) >= 10
+    # the legend sits outside the data area (right of the axes)
+    fig = ax.figure
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1
 
 
 def test_remedy_table_against_softmax(runs_dir):
@@ -71,9 +119,13 @@ def test_remedy_table_against_softmax(runs_dir):
     c, _ = comparisons["focal, gamma 2"]
     assert c.paired_by == "fold" and c.n == 10           # 2 seeds x 5 folds
     table = remedy_table(rows, runs, comparisons)
-    assert table.loc["softmax", "Δ UA [CI]"] == "reference"
+    assert table.loc["softmax", "verdict UA"] == "reference"
     assert "softmax + logit adjustment (tau 1)" in table.index
-    assert {"neu %", "hap %", "sad %", "ang %", "p UA (t)", "verdict"} <= set(table.columns)
+    assert {"neu %", "hap %", "sad %", "ang %", "p UA (one-sided)", "MDE UA",
+            "verdict UA", "verdict WA"} <= set(table.columns)
+    focal, other = best_other_remedy(rows, runs)
+    assert runs[focal][0].summary["loss"] == "focal"
+    assert runs[other][0].summary["loss"] == "softmax" and other != "softmax"
 
 
 def test_gamma_curve_starts_at_softmax(runs_dir):
@@ -91,6 +143,9 @@ def test_minority_shift_against_the_papers(runs_dir):
     rows, runs = _study(runs_dir, "imbalance")
     table = minority_shift_table(rows, runs)
     assert table.index[0].startswith("paper")
+    assert "test clips (hap / ang)" in table.columns
+    anger_first = minority_shift_table(rows, runs, minority=("sadness",))
+    assert "test clips (sad)" in anger_first.columns
     assert table.loc["focal, gamma 2", "Δ hap"] > 0          # the fake focal runs boost it
     assert np.isfinite(table["Δ ang"].astype(float)).all()
 
@@ -130,7 +185,7 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
     assert "**strong against baseline_egemaps-svm** is not paired" in text
     assert str(tmp_path) not in text                     # folder names, not build paths
     assert "cannot pair baseline_egemaps-svm with mfcc_focal_strong" in text
-    assert sentences[-1].startswith("- Highest mean UA over folds here: **strong**")
+    assert sentences[-1].startswith("- Highest mean UA over seeds x folds here: **strong**")
     # the fake strong run is narrower than the recipe: said; a full-size one: not
     assert ("**strong** ran at width 8 for 3 epochs, not the recipe's 32 and 30" in text)
     full = made["mfcc_focal_strong"]

@@ -72,7 +72,12 @@ def test_provenance_labels_generated_corpus(tmp_path):
 
 def test_figures(tmp_path):
     run = load_run(write_fake_run(tmp_path / "r", feature="mfcc", loss="focal"))
-    assert len(plot_learning_curves(run).axes) == 2
+    fig = plot_learning_curves(run)
+    assert len(fig.axes) == 2
+    fig.canvas.draw()                    # the legend sits right of the data, not on it
+    assert fig.axes[0].get_legend() is None
+    legend = fig.axes[1].get_legend()
+    assert legend.get_window_extent().x0 >= fig.axes[1].get_window_extent().x1
     assert len(plot_confusion_pair(confusion_table(run), confusion_table(run), title="x").axes) == 2
     ax = plot_confusion(confusion_table(run), title="mfcc + focal")
     assert ax.get_title() == "mfcc + focal" and len(ax.texts) == 16  # one annotation per cell
@@ -120,3 +125,49 @@ def test_recall_change_table_follows_the_confusions_and_the_paper(tmp_path):
     assert table.loc["happiness", "paper change (points)"] == round(52.0 - 25.2, 1)
     assert table.loc["anger", "test clips"] == int(c_focal[3].sum())
     assert list(table.index) == list(paper.TABLE2.index)
+
+
+def test_seeds_pool_into_tables_with_wall_time_and_device(tmp_path):
+    import json
+
+    from serlib.results import load_seeded_runs, seed_runs
+
+    runs_dir = write_fake_grid(tmp_path / "runs")
+    for seed in (1, 2):
+        write_fake_run(runs_dir / f"mfcc_focal_seed{seed}", feature="mfcc", loss="focal",
+                       seed=10 + seed)
+    write_fake_run(runs_dir / "mfcc_focal_strong", feature="mfcc", loss="focal", seed=5)
+    assert [r.path.name for r in seed_runs(runs_dir, "mfcc_focal")] == [
+        "mfcc_focal", "mfcc_focal_seed1", "mfcc_focal_seed2"]      # not the strong one
+    runs = load_seeded_runs(runs_dir)
+    assert len(runs[("mfcc", "focal")]) == 3 and len(runs[("mfcc", "softmax")]) == 1
+    # wall time and device from summary.json; "-" on old runs without them
+    for seed, folder in enumerate(["mfcc_focal", "mfcc_focal_seed1", "mfcc_focal_seed2"]):
+        path = runs_dir / folder / "summary.json"
+        summary = json.loads(path.read_text())
+        summary.update(wall_seconds=110.0 + 10 * seed, device="cuda:0 (NVIDIA H200)")
+        path.write_text(json.dumps(summary))
+    runs = load_seeded_runs(runs_dir)
+    t4 = table4(runs)
+    ours = t4.loc[("mfcc", "focal")]
+    ua = np.array([m["ua"] for r in runs[("mfcc", "focal")] for m in r.folds])
+    assert ours["ours UA"] == f"{100 * ua.mean():.1f} ± {100 * ua.std(ddof=1):.1f}"
+    assert ours["seeds x folds"] == "3 x 2"
+    assert ours["wall time"] == "6.0 min" and ours["device"] == "cuda:0 (NVIDIA H200)"
+    assert t4.loc[("mfcc", "softmax"), "wall time"] == "-"
+    t1 = table1(runs)
+    assert t1.loc["Ours: MFCC + focal loss", "wall time"] == "6.0 min"
+    assert t1.loc["Satt et al. (2017)", "wall time"] == ""
+
+
+def test_confusion_change_comes_from_exact_counts(tmp_path):
+    from serlib.metrics import confusion_percent
+    from serlib.results import confusion_change
+
+    runs = load_runs(write_fake_grid(tmp_path / "runs"))
+    soft, focal = runs[("mfcc", "softmax")], runs[("mfcc", "focal")]
+    exact = (confusion_percent(np.asarray(focal.summary["confusion"]))
+             - confusion_percent(np.asarray(soft.summary["confusion"])))
+    np.testing.assert_allclose(confusion_change(soft, focal), exact)
+    rounded = confusion_table(focal).to_numpy() - confusion_table(soft).to_numpy()
+    assert not np.allclose(rounded, exact, atol=1e-9)     # the old way rounded first

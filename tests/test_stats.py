@@ -14,6 +14,9 @@ from serlib.stats import (
     compare_pooled,
     compare_runs,
     corrected_ttest,
+    holm,
+    infer,
+    minimum_detectable_effect,
     speaker_bootstrap,
     verdict,
     wilcoxon_p,
@@ -42,7 +45,7 @@ def test_identical_runs_differ_by_zero_with_p_one(tmp_path, table):
         test = c.metric(m)
         assert test.mean_difference == 0 and test.pooled_difference == 0
         assert test.p_t == 1 and test.wilcoxon_p == 1
-        assert test.ci == (0.0, 0.0)
+        assert test.ci == (0.0, 0.0) and test.bootstrap_ci == (0.0, 0.0)
     assert c.n == 5
     assert verdict(c, direction=1) == {"wa": "inconclusive", "ua": "inconclusive",
                                        "overall": "inconclusive"}
@@ -84,8 +87,12 @@ def test_compare_runs_uses_fold_sizes_for_the_ratio(tmp_path, table):
     d = c.differences["d_ua"].to_numpy()
     assert c.ua.t == pytest.approx(d.mean() / np.sqrt((1 / 5 + 0.25) * d.var(ddof=1)))
     assert c.ua.wilcoxon_p == pytest.approx(sps.wilcoxon(d).pvalue)
-    lo, hi = c.ua.ci
-    assert lo < c.ua.pooled_difference < hi and lo > 0     # 20 points better: CI above 0
+    lo, hi = c.ua.ci                                       # the t-interval of the mean
+    half = sps.t.ppf(0.975, 4) * np.sqrt((1 / 5 + 0.25) * d.var(ddof=1))
+    assert (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert lo > 0                                          # 20 points better: above 0
+    blo, bhi = c.ua.bootstrap_ci                           # descriptive, of the pooled one
+    assert blo < c.ua.pooled_difference < bhi and blo > 0
 
 
 def test_repeated_seeds_pair_by_seed(tmp_path, table):
@@ -150,9 +157,115 @@ def test_compare_pooled_pairs_utterances_across_protocols(tmp_path, table):
         compare_runs(strat, sess)
     c = compare_pooled(strat, sess, n_resamples=300)
     assert c.paired_by == "speaker" and c.n == 10
-    assert c.ua.pooled_difference < 0 and c.ua.ci[1] < 0
-    assert c.ua.p == c.ua.wilcoxon_p < 0.05
+    assert c.ua.pooled_difference < 0 and c.ua.bootstrap_ci[1] < 0
+    d = c.differences["d_ua"].to_numpy()                   # paired t over the 10 speakers
+    assert c.ua.mean_difference == pytest.approx(d.mean())
+    assert c.ua.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue) and c.ua.p < 0.05
+    assert c.ua.ci[1] < 0 and c.ua.wilcoxon_p == pytest.approx(sps.wilcoxon(d).pvalue)
     assert verdict(c, direction=-1)["ua"] == "agrees"     # session lower, as leakage predicts
+
+
+# ----------------------------------------------------------------------------- one inference
+def _shifted(tmp_path, table, name, *, shifts, seeds=(0,)):
+    """Pairs of runs whose fold UA / WA differences are exactly ``shifts`` (per fold)."""
+    import json
+
+    out = []
+    for side in ("ref", "oth"):
+        runs = []
+        for s in seeds:
+            folder = _run(tmp_path, table, f"{name}_{side}{s}", accuracy=0.6, seed=s)
+            if side == "oth":
+                summary = json.loads((folder / "summary.json").read_text())
+                for m, shift in zip(summary["folds"], shifts, strict=True):
+                    m["wa"] += shift
+                    m["ua"] += shift
+                (folder / "summary.json").write_text(json.dumps(summary))
+                for m in summary["folds"]:
+                    (folder / f"fold_{m['fold']}" / "metrics.json").write_text(json.dumps(m))
+            runs.append(folder)
+        out.append(runs)
+    return out
+
+
+@pytest.mark.parametrize("shifts", [
+    [0.02, 0.05, -0.01, 0.04, 0.03],          # clearly up
+    [0.04, 0.06, -0.05, 0.03, 0.01],          # up, not clearly
+    [0.001, -0.03, 0.02, -0.01, 0.015],       # nothing
+    [-0.06, -0.04, -0.05, -0.07, -0.03],      # clearly down
+    [0.09, -0.02, 0.05, 0.06, 0.00],          # near the edge
+])
+def test_interval_excludes_zero_exactly_when_the_test_rejects(tmp_path, table, shifts):
+    ref, oth = _shifted(tmp_path, table, "x", shifts=shifts)
+    c = compare_runs(ref, oth, n_resamples=50)
+    test = c.ua
+    assert test.mean_difference == pytest.approx(np.mean(shifts))     # the effect tested
+    for alpha in (0.01, 0.05, 0.1, 0.2):
+        lo, hi = test.interval(1 - alpha)
+        assert (test.p_value("two-sided") < alpha) == (lo > 0 or hi < 0)
+        for direction in (1, -1):
+            inf = infer(test, direction=direction, alpha=alpha)
+            lo, hi = inf.interval
+            assert inf.level == pytest.approx(1 - 2 * alpha)
+            excludes = lo > 0 or hi < 0
+            assert (inf.verdict != "inconclusive") == excludes
+            claimed_side = lo > 0 if direction == 1 else hi < 0
+            assert (inf.verdict == "agrees") == claimed_side
+    # the stored interval is the comparison level's
+    assert test.ci == pytest.approx(test.interval(c.level))
+
+
+def test_one_sided_p_is_half_the_two_sided_in_the_direction_of_the_effect(tmp_path, table):
+    ref, oth = _shifted(tmp_path, table, "y", shifts=[0.04, 0.07, -0.01, 0.03, 0.05])
+    test = compare_runs(ref, oth, n_resamples=50).ua
+    assert test.mean_difference > 0
+    two = test.p_value("two-sided")
+    assert test.p_value("greater") == pytest.approx(two / 2)
+    assert test.p_value("less") == pytest.approx(1 - two / 2)
+    d = np.array([0.04, 0.07, -0.01, 0.03, 0.05])
+    _, p_hand = corrected_ttest(d, test_train_ratio=test.test_train_ratio,
+                                alternative="greater")
+    assert test.p_value("greater") == pytest.approx(p_hand)
+    # a two-sided p between alpha and 2 alpha: inconclusive two-sided, agrees one-sided
+    alpha = 0.75 * two
+    assert two / 2 < alpha < two < 0.5
+    assert infer(test, direction=1, alpha=alpha).verdict == "agrees"
+    assert infer(test, direction=-1, alpha=alpha).verdict == "contradicts"
+
+
+def test_minimum_detectable_effect_shrinks_with_more_seeds():
+    kwargs = dict(sd=0.04, test_train_ratio=0.25, alpha=0.05)
+    one, three, ten = (minimum_detectable_effect(n=5 * s, **kwargs) for s in (1, 3, 10))
+    assert one > three > ten > 0
+    # the correction sets a floor: never below the z-test bound on sd * sqrt(ratio)
+    floor = (sps.norm.ppf(0.95) + sps.norm.ppf(0.8)) * 0.04 * np.sqrt(0.25)
+    assert ten > floor
+    # power 0.8 at the MDE, checked by simulation of the noncentral t
+    mde = minimum_detectable_effect(n=15, **kwargs)
+    se = 0.04 * np.sqrt(1 / 15 + 0.25)
+    assert sps.nct.sf(sps.t.ppf(0.95, 14), 14, mde / se) == pytest.approx(0.8, abs=1e-6)
+    assert minimum_detectable_effect(n=5, sd=0.0) == 0.0
+    with pytest.raises(SerlibError, match="n=1"):
+        minimum_detectable_effect(n=1, sd=0.1)
+
+
+def test_minimum_detectable_effect_of_a_comparison_with_three_seeds(tmp_path, table):
+    shifts = [0.04, 0.06, -0.05, 0.03, 0.01]
+    one = compare_runs(*_shifted(tmp_path, table, "s1", shifts=shifts), n_resamples=50)
+    three = compare_runs(*_shifted(tmp_path, table, "s3", shifts=shifts, seeds=(0, 1, 2)),
+                         n_resamples=50)
+    assert three.n == 15 and one.n == 5
+    assert three.ua.sd == pytest.approx(np.std(shifts * 3, ddof=1))
+    assert infer(three.ua, direction=1).mde < infer(one.ua, direction=1).mde
+
+
+def test_holm_matches_the_step_down_rule():
+    p = [0.01, 0.04, 0.03, 0.2, float("nan")]
+    adjusted = holm(p)
+    assert adjusted[:4] == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert np.isnan(adjusted[4])
+    assert np.all(adjusted[:4] >= np.array(p[:4]))
+    assert holm([]).size == 0
 
 
 # ----------------------------------------------------------------------------- logit adjustment
