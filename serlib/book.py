@@ -369,6 +369,39 @@ def hide_plumbing_cells(notebook_path: Path) -> None:
     nbformat.write(notebook, notebook_path)
 
 
+STUDY_TITLES = {"leakage": "the speaker-leakage study (chapter 7)",
+                "imbalance": "the imbalance study (chapter 8)"}
+
+
+def protocol_lines(profile: Profile, *, sessions: bool) -> list[str]:
+    """Which protocol each table of the build uses, one Markdown line each (for the
+    introduction's build box). ``sessions``: the corpus has sessions (IEMOCAP, the generated
+    corpus), so the speaker-independent protocol leaves one session out; else it groups
+    whole speakers into speaker folds."""
+    folds = int(profile.training.get("folds", 5))
+
+    def described(protocol: str) -> str:
+        if protocol == "stratified":
+            return "stratified folds (the paper's; every speaker in training and test)"
+        return ("leave-one-session-out folds (speaker-independent)" if sessions
+                else "speaker folds (speaker-independent: whole speakers per fold)")
+
+    main = profile.training.get("protocol", "stratified")
+    lines = [f"Tables 1-4 and the training pages: {folds} {described(main)}"]
+    for name, study in profile.studies.items():
+        found = []
+        for spec in (study.get("shared", {}) or {}, *(study.get("runs", []) or [])):
+            value = spec.get("protocol")
+            for protocol in value if isinstance(value, list) else [value] if value else []:
+                if protocol not in found:
+                    found.append(protocol)
+        found = found or [main]
+        what = " and ".join(described(p) for p in found)
+        lines.append(f"{STUDY_TITLES.get(name, f'the {name} study')}: "
+                     + ("both protocols, " if len(found) > 1 else "") + what)
+    return lines
+
+
 def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     """(source notebook stem, executed page stem, papermill parameters) in execution order."""
     from serlib.config import TrainConfig
@@ -619,6 +652,8 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         "```{admonition} This build\n"
         f"- profile: **{profile.name}**: {profile.description}\n"
         f"- corpus: {kind} `{source}`\n"
+        + "".join(f"- protocol, {line}\n" for line in protocol_lines(
+            profile, sessions=corpus == "iemocap" and manifest is None)) +
         f"- commit: `{commit_hash()}`, built {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
         "```\n"
     )
