@@ -156,18 +156,21 @@ def plot_learning_curves(run: Run):
     beside the panels, never over a curve."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
     history = run.history.assign(fold=run.history["fold"].astype(str),
                                  val_ua_percent=100 * run.history["val_ua"])
-    sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0], legend=False)
-    sns.lineplot(data=history, x="epoch", y="val_ua_percent", hue="fold", ax=axes[1])
+    sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0], legend=False,
+                 marker="o", markersize=4)
+    sns.lineplot(data=history, x="epoch", y="val_ua_percent", hue="fold", ax=axes[1],
+                 marker="o", markersize=4)
     axes[0].set(title=f"{run.name}: training loss", xlabel="epoch",
                 ylabel=f"{run.loss} loss (per clip)")
     axes[1].set(title=f"{run.name}: validation UA", xlabel="epoch", ylabel="UA (%)")
     axes[1].legend(title="fold", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     for ax in axes:
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
