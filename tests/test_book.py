@@ -297,3 +297,58 @@ def test_executed_notebooks_carry_no_absolute_paths(built_book):
         text = notebook.read_text()
         assert str(build) not in text, notebook.name
         assert str(REPO_ROOT) not in text, notebook.name
+
+
+def _anger_corpus(folder):
+    """A manifest corpus whose largest class is anger, upsampled from 16 kHz and cut at 2 s,
+    with no sessions: 4 speakers, anger 4 / neutral 2 / sadness 2 / happiness 1 clips each."""
+    import librosa
+    import numpy as np
+    import soundfile
+
+    from serlib.corpora.speech import synthesize_speech
+
+    counts = {"anger": 4, "neutral": 2, "sadness": 2, "happiness": 1}
+    rows = []
+    for s, speaker in enumerate(["s1", "s2", "s3", "s4"]):
+        for label, n in counts.items():
+            for k in range(n):
+                y = synthesize_speech(duration_s=2.5, sample_rate=16000, emotion=label,
+                                      speaker="Ses01F" if s % 2 else "Ses01M", seed=100 * s + k)
+                y = librosa.resample(y, orig_sr=16000, target_sr=22050)[: 2 * 22050]
+                name = f"{speaker}_{label}_{k}.wav"
+                soundfile.write(folder / name, y.astype(np.float32), 22050, subtype="PCM_16")
+                rows.append(f"{name},{label},{speaker},{'F' if s % 2 else 'M'}")
+    (folder / "manifest.csv").write_text("path,label,speaker,gender\n" + "\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+@pytest.mark.slow
+def test_data_chapter_reads_the_builds_selection_and_knows_its_corpus(tmp_path):
+    """The data chapter on a corpus unlike IEMOCAP (anger the largest class, no sessions,
+    16-kHz audio upsampled and cut at 2 s): it reads the selection the build made, refuses
+    one that does not match, and every class- or corpus-dependent sentence is measured."""
+    import papermill
+
+    from serlib.corpora import load_manifest, select_utterances, write_selection
+
+    (tmp_path / "corpus").mkdir()
+    manifest = _anger_corpus(tmp_path / "corpus")
+    selection = tmp_path / "selection.csv"
+    write_selection(select_utterances(load_manifest(manifest)), selection)
+    stamp = selection.stat().st_mtime_ns
+    cells = json.loads(_execute("02_data_selection", tmp_path, manifest=str(manifest),
+                                selection_path=str(selection)))
+    text = json.dumps([cell.get("outputs", []) for cell in cells])   # what the page says
+    assert selection.stat().st_mtime_ns == stamp         # read, not selected again
+    assert "reads the build's selection table" in text
+    assert "largest class is **anger** (16 utterances" in text
+    assert "smallest **happiness** (4," in text
+    assert "speaker folds" in text and "IEMOCAP has five sessions" not in text
+    assert "nothing above 8,000 Hz" in text and "16,000 Hz" in text
+    assert "The duration histogram above is one spike" in text
+
+    write_selection(select_utterances(load_manifest(manifest), max_seconds=1.0), selection)
+    with pytest.raises(papermill.PapermillExecutionError, match="is not what these options"):
+        _execute("02_data_selection", tmp_path, manifest=str(manifest),
+                 selection_path=str(selection))
