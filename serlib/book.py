@@ -352,6 +352,35 @@ def training_page(run: str) -> str:
     return f"05_training_{run.replace('/', '-')}"
 
 
+def run_recipe(profile: Profile, run: str) -> str:
+    """The named recipe (:data:`serlib.config.RECIPES`) of grid run ``run``: ``"paper"``
+    unless its grid entry names another."""
+    for entry in profile.grid:
+        if "recipe" not in entry:
+            continue
+        base = entry.get("name") or f"{entry['feature']}_{entry['loss']}_{entry['recipe']}"
+        if run == base or run.startswith(f"{base}_seed"):
+            return str(entry["recipe"])
+    return "paper"
+
+
+def training_title(profile: Profile, run: str, config) -> str:
+    """The page title of one training page: its feature and loss, and what sets it apart
+    from the paper's four configurations (the recipe, the seed, else the run's name)."""
+    recipe = run_recipe(profile, run)
+    title = f"Training: {config.feature} + {config.loss} loss"
+    if recipe != "paper":
+        title += f", the {recipe} recipe"
+    if config.seed:
+        title += f", seed {config.seed}"
+    plain = f"{config.feature}_{config.loss}"
+    known = {plain, f"{plain}_{recipe}", f"{plain}_seed{config.seed}",
+             f"{plain}_{recipe}_seed{config.seed}"}
+    if run not in known:
+        title += f" ({run})"
+    return title
+
+
 #: TrainConfig fields that the training chapter takes as papermill parameters by name; any
 #: other field of a run reaches it in its ``overrides`` parameter.
 CHAPTER_FIELDS = ("feature", "loss", "gamma", "protocol", "folds", "epochs", "width",
@@ -443,8 +472,43 @@ def hide_plumbing_cells(notebook_path: Path) -> None:
     nbformat.write(notebook, notebook_path)
 
 
+STUDY_TITLES = {"leakage": "the speaker-leakage study (chapter 7)",
+                "imbalance": "the imbalance study (chapter 8)"}
+
+
+def protocol_lines(profile: Profile, *, sessions: bool) -> list[str]:
+    """Which protocol each table of the build uses, one Markdown line each (for the
+    introduction's build box). ``sessions``: the corpus has sessions (IEMOCAP, the generated
+    corpus), so the speaker-independent protocol leaves one session out; else it groups
+    whole speakers into speaker folds."""
+    folds = int(profile.training.get("folds", 5))
+
+    def described(protocol: str) -> str:
+        if protocol == "stratified":
+            return "stratified folds (the paper's; every speaker in training and test)"
+        return ("leave-one-session-out folds (speaker-independent)" if sessions
+                else "speaker folds (speaker-independent: whole speakers per fold)")
+
+    main = profile.training.get("protocol", "stratified")
+    lines = [f"Tables 1-4 and the training pages: {folds} {described(main)}"]
+    for name, study in profile.studies.items():
+        found = []
+        for spec in (study.get("shared", {}) or {}, *(study.get("runs", []) or [])):
+            value = spec.get("protocol")
+            for protocol in value if isinstance(value, list) else [value] if value else []:
+                if protocol not in found:
+                    found.append(protocol)
+        found = found or [main]
+        what = " and ".join(described(p) for p in found)
+        lines.append(f"{STUDY_TITLES.get(name, f'the {name} study')}: "
+                     + ("both protocols, " if len(found) > 1 else "") + what)
+    return lines
+
+
 def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     """(source notebook stem, executed page stem, papermill parameters) in execution order."""
+    from serlib.config import TrainConfig
+
     plan = [
         ("02_data_selection", "02_data_selection", {
             "data_root": paths["data_root"], "manifest": paths["manifest"],
@@ -452,13 +516,15 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
             "selection_path": paths["selection"], **profile.selection}),
         ("03_features", "03_features", {
             "selection_path": paths["selection"], "cache_dir": paths["cache"]}),
-        ("04_model_and_focal_loss", "04_model_and_focal_loss", {}),
+        ("04_model_and_focal_loss", "04_model_and_focal_loss", {
+            "width": int(profile.training.get("width", TrainConfig().width))}),
     ]
     for name, config in page_runs(profile):
         plan.append(("05_training", training_page(name), {
             "selection_path": paths["selection"],
             "cache_dir": paths["cache"],
             "run_dir": str(Path(paths["runs"]) / name),
+            "recipe": run_recipe(profile, name),
             **training_parameters(config)}))
     plan.append(("06_results", "06_results", {"runs_dir": paths["runs"],
                                               "profile": profile.name}))
@@ -473,8 +539,68 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     plan.append(("09_using_the_model", "09_using_the_model", {
         "runs_dir": paths["runs"],
         "run_name": "mfcc_focal" if "mfcc_focal" in names else names[0],
-        "data_root": paths["data_root"] or None}))
+        "data_root": paths["data_root"] or None,
+        "selection_path": paths["selection"]}))
     return plan
+
+
+def relative_paths(paths: dict, *, root: Path, start: Path) -> dict:
+    """``paths`` (from :func:`book_paths`) that lie inside ``root`` (the build folder) made
+    relative to ``start`` (the folder the chapters run in); others (a corpus elsewhere) stay
+    as they are."""
+    def relative(value: str) -> str:
+        inside = Path(value).resolve().is_relative_to(Path(root).resolve())
+        return os.path.relpath(value, start) if inside else value
+
+    return {key: relative(value) if key != "corpus" and value else value
+            for key, value in paths.items()}
+
+
+def path_prefixes(paths: dict, *, root: Path, start: Path) -> dict[str, str]:
+    """What :func:`relativise_notebook` replaces after execution: the build folder by its
+    path relative to ``start``; a corpus folder outside it by ``<data root>`` (or
+    ``<manifest folder>``); serlib's own folder by ``<serlib>``."""
+    root = Path(root).resolve()
+    prefixes = {str(root): os.path.relpath(root, start)}
+    outside = {"data_root": "<data root>",
+               "manifest": "<manifest folder>"}
+    for key, placeholder in outside.items():
+        value = paths.get(key)
+        if not value:
+            continue
+        folder = Path(value).resolve() if key == "data_root" else Path(value).resolve().parent
+        if not folder.is_relative_to(root):
+            prefixes[str(folder)] = placeholder
+    prefixes.setdefault(str(REPO_ROOT), "<serlib>")   # longer prefixes are replaced first
+    return prefixes
+
+
+def relativise_notebook(notebook_path: Path, prefixes: dict[str, str]) -> int:
+    """Replace each absolute path prefix (key) by its relative form (value) in every string
+    of an executed notebook (sources, outputs, metadata); returns the number of strings
+    changed. Longer prefixes are replaced first."""
+    import json
+
+    ordered = sorted(((k, v) for k, v in prefixes.items() if k), key=lambda kv: -len(kv[0]))
+    changed = 0
+
+    def fix(value):
+        nonlocal changed
+        if isinstance(value, str):
+            new = value
+            for prefix, relative in ordered:
+                new = new.replace(prefix, relative)
+            changed += new != value
+            return new
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        return value
+
+    data = json.loads(Path(notebook_path).read_text())
+    Path(notebook_path).write_text(json.dumps(fix(data), indent=1, ensure_ascii=False) + "\n")
+    return changed
 
 
 def book_paths(out: Path, *, data_root, manifest, corpus: str = "iemocap") -> dict:
@@ -676,20 +802,26 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         "```{admonition} This build\n"
         f"- profile: **{profile.name}**: {profile.description}\n"
         f"- corpus: {kind} `{source}`\n"
+        + "".join(f"- protocol, {line}\n" for line in protocol_lines(
+            profile, sessions=corpus == "iemocap" and manifest is None)) +
         f"- commit: `{commit_hash()}`, built {time.strftime('%Y-%m-%d %H:%M %Z')}\n"
         "```\n"
     )
     stage_sources(staging, profile, build_info=build_info)
-    plan = chapter_plan(profile, paths)
     book = staging / "book"
+    # chapters get paths relative to the folder they run in, and what an output still shows
+    # of the build's (or the data's, or serlib's) absolute paths is made relative after
+    # execution: the downloadable notebooks carry no machine's paths
+    plan = chapter_plan(profile, relative_paths(paths, root=out, start=book))
+    prefixes = path_prefixes(paths, root=out, start=book)
+    titles = {training_page(name): training_title(profile, name, config)
+              for name, config in profile.runs()}
     for number, (source, page, parameters) in enumerate(plan, start=1):
         started = time.perf_counter()
         say(f"[{number}/{len(plan)}] executing {page} ...")
-        title = None
-        if source == "05_training":
-            title = f"Training: {parameters['feature']} + {parameters['loss']} loss"
         execute_chapter(book / f"{source}.ipynb", book / f"{page}.ipynb",
-                        parameters=parameters, cwd=book, chapter=page, title=title)
+                        parameters=parameters, cwd=book, chapter=page, title=titles.get(page))
+        relativise_notebook(book / f"{page}.ipynb", prefixes)
         say(f"[{number}/{len(plan)}] {page} done in {time.perf_counter() - started:.0f} s")
     say("[html] rendering with Jupyter Book ...")
     render_html(staging, out / "html", quiet=quiet)

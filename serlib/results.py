@@ -237,24 +237,25 @@ def plot_confusion_pair(ours: pd.DataFrame, theirs: pd.DataFrame, *, title: str)
 
 
 def plot_learning_curves(run: Run):
-    """Training loss and validation UA per epoch, one line per fold."""
+    """Training loss and validation UA per epoch, one line per fold; the folds' legend sits
+    beside the panels, never over a curve."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    history = run.history.assign(fold=run.history["fold"].astype(str))
-    sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0])
-    sns.lineplot(data=history, x="epoch", y="val_ua", hue="fold", ax=axes[1])
-    axes[0].set(title=f"{run.name}: training loss", ylabel="loss", xlabel="epoch")
-    axes[1].set(title=f"{run.name}: validation UA", ylabel="UA", xlabel="epoch")
-    # one legend, outside the data (right of the second panel)
-    if axes[0].get_legend() is not None:
-        axes[0].get_legend().remove()
-    handles, labels = axes[1].get_legend_handles_labels()
-    if axes[1].get_legend() is not None:
-        axes[1].get_legend().remove()
-    axes[1].legend(handles, labels, title="fold", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                   frameon=False, fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), constrained_layout=True)
+    history = run.history.assign(fold=run.history["fold"].astype(str),
+                                 val_ua_percent=100 * run.history["val_ua"])
+    sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0], legend=False,
+                 marker="o", markersize=4)
+    sns.lineplot(data=history, x="epoch", y="val_ua_percent", hue="fold", ax=axes[1],
+                 marker="o", markersize=4)
+    axes[0].set(title=f"{run.name}: training loss", xlabel="epoch",
+                ylabel=f"{run.loss} loss (per clip)")
+    axes[1].set(title=f"{run.name}: validation UA", xlabel="epoch", ylabel="UA (%)")
+    axes[1].legend(title="fold", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 

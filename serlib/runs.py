@@ -341,11 +341,24 @@ def finished_fold(run_dir: str | os.PathLike, fold: int, *,
 
 
 # ----------------------------------------------------------------------------- whole run
+#: Keys of a fold's metrics that record how the fold ran, not what it scored (a resumed or
+#: parallel run scores the same, bit for bit on the CPU, in a different time).
+TIMING_KEYS = ("train_seconds",)
+
+
+def without_timing(fold_metrics: list[dict]) -> list[dict]:
+    """The folds' metrics without :data:`TIMING_KEYS`: what two runs of the same
+    configuration must agree on."""
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in fold_metrics]
+
+
 def summarise(fold_metrics: list[dict], *, config, corpus: str, n_utterances: int,
               device: str) -> dict:
     """Mean and standard deviation (ddof=1) across folds, plus where the numbers came from.
 
-    ``config`` is a :class:`serlib.config.TrainConfig`.
+    ``config`` is a :class:`serlib.config.TrainConfig`. ``wall_seconds`` is the sum of the
+    folds' ``train_seconds`` (each fold's training and test predictions, wherever and whenever
+    it ran; None when a fold written by an older serlib lacks it), ``device`` where they ran.
     """
     def stats(key):
         values = np.array([m[key] for m in fold_metrics])
@@ -355,6 +368,8 @@ def summarise(fold_metrics: list[dict], *, config, corpus: str, n_utterances: in
     ua_mean, ua_std = stats("ua")
     f1_mean, _ = stats("macro_f1")
     confusion = np.sum([np.array(m["confusion"]) for m in fold_metrics], axis=0)
+    seconds = [m.get("train_seconds") for m in fold_metrics]
+    known = all(isinstance(t, (int, float)) and np.isfinite(t) for t in seconds)
     return {
         "wa_mean": wa_mean, "wa_std": wa_std, "ua_mean": ua_mean, "ua_std": ua_std,
         "macro_f1_mean": f1_mean,
@@ -367,6 +382,7 @@ def summarise(fold_metrics: list[dict], *, config, corpus: str, n_utterances: in
         "width": config.width, "epochs": config.epochs,
         "corpus": corpus, "n_utterances": n_utterances,
         "commit": commit_hash(), "device": device,
+        "wall_seconds": float(sum(seconds)) if known else None,
     }
 
 
@@ -496,5 +512,5 @@ __all__ = [
     "FOLD_FILES", "METRIC_KEYS", "PREDICTION_COLUMNS", "RUN_FILES", "TEXT_COLUMNS", "Run",
     "RunFolderWarning", "check_config", "environment_versions", "finish_run", "finished_fold",
     "fold_dir", "load_run", "load_runs", "read_config", "read_run_csv", "remove_scratch",
-    "summarise", "write_config", "write_fold",
+    "summarise", "without_timing", "write_config", "write_fold",
 ]

@@ -23,6 +23,7 @@ import hashlib
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -571,7 +572,8 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
     Returns
     -------
     list of dict
-        One per trained fold: :func:`train_fold`'s result plus ``fold``, ``test_idx`` and
+        One per trained fold: :func:`train_fold`'s result plus ``fold``, ``test_idx``,
+        ``train_seconds`` (wall time of the fold's training and test predictions) and
         ``metrics`` (WA, UA, macro-F1, per-class recall, confusion counts of the test fold).
     """
     from tqdm import tqdm
@@ -597,9 +599,13 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
     for fold, (train_idx, test_idx) in bar:
         if fold in skip:
             continue
+        started = time.perf_counter()
         result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
                             device=device, groups=groups, lengths=lengths,
                             progress=progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)                  # the fold's kernels are done
+        result["train_seconds"] = time.perf_counter() - started
         predicted = result["probabilities"].argmax(axis=1)
         metrics = classification_report_dict(labels[test_idx], predicted,
                                              class_names=PAPER_CLASSES)
@@ -829,6 +835,7 @@ def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict
         **result["metrics"],
         "best_epoch": result["best_epoch"],
         "n_train": result["n_fit"], "n_val": result["n_val"], "n_test": len(test_idx),
+        "train_seconds": float(result.get("train_seconds", float("nan"))),
     }
     rows = setup.selection.iloc[test_idx]
     predictions = pd.DataFrame({

@@ -221,3 +221,139 @@ def test_whole_book_builds(built_book):
     results = (built_book / "book" / "06_results.html").read_text()
     assert "Table 1" in results and "Satt et al. (2017)" in results
     assert (built_book / "_static" / "mathjax" / "tex-chtml.js").is_file()  # offline math
+
+
+def test_training_pages_are_titled_by_recipe_and_seed():
+    from serlib.book import run_recipe, training_title
+
+    profile = Profile.load("tiny")
+    runs = dict(profile.runs())
+    assert run_recipe(profile, "spectrogram_focal_strong") == "strong"
+    assert run_recipe(profile, "mfcc_focal") == "paper"
+    titles = {name: training_title(profile, name, config) for name, config in runs.items()}
+    assert titles["mfcc_focal"] == "Training: mfcc + focal loss"
+    assert titles["spectrogram_focal_strong"] == \
+        "Training: spectrogram + focal loss, the strong recipe"
+    assert len(set(titles.values())) == len(titles)       # no two pages share a title
+    plan = chapter_plan(profile, {"data_root": "/d", "manifest": "", "selection": "/s.csv",
+                                  "cache": "/c", "runs": "/r"})
+    parameters = {page: p for _, page, p in plan}
+    assert parameters["05_training_spectrogram_focal_strong"]["recipe"] == "strong"
+    assert parameters["05_training_mfcc_focal"]["recipe"] == "paper"
+    # the model chapter describes the network the build trains, not a fixed 64
+    assert parameters["04_model_and_focal_loss"] == {"width": 4}
+    assert parameters["09_using_the_model"]["selection_path"] == "/s.csv"
+
+
+def test_introduction_box_states_each_tables_protocol():
+    from serlib.book import protocol_lines
+
+    profile = Profile.load("real")
+    lines = protocol_lines(profile, sessions=False)
+    assert lines[0].startswith("Tables 1-4 and the training pages: 5 stratified folds")
+    leakage = next(line for line in lines if "leakage" in line)
+    imbalance = next(line for line in lines if "imbalance" in line)
+    assert "both protocols" in leakage and "speaker folds" in leakage
+    assert "speaker folds" in imbalance and "stratified" not in imbalance
+    assert "session" not in " ".join(lines)              # EmoDB has no sessions
+    assert "leave-one-session-out" in protocol_lines(profile, sessions=True)[-1]
+    assert "speaker-independent" not in profile.description.split("(")[0]
+
+
+def test_chapters_get_relative_paths_and_notebooks_are_relativised(tmp_path):
+    from serlib.book import REPO_ROOT, path_prefixes, relative_paths, relativise_notebook
+
+    out = tmp_path / "build"
+    book = out / "staging" / "book"
+    data = tmp_path / "corpora" / "emodb"
+    paths = {"data_root": str(data), "manifest": "", "corpus": "emodb",
+             "selection": str(out / "selection.csv"), "cache": str(out / "cache"),
+             "runs": str(out / "runs")}
+    relative = relative_paths(paths, root=out, start=book)
+    assert relative["selection"] == "../../selection.csv" and relative["runs"] == "../../runs"
+    assert relative["data_root"] == str(data)            # outside the build: kept
+    prefixes = path_prefixes(paths, root=out, start=book)
+    assert prefixes[str(out.resolve())] == "../.."
+    assert prefixes[str(data.resolve())] == "<data root>"
+    assert prefixes[str(REPO_ROOT)] == "<serlib>"
+
+    nb = new_notebook(cells=[new_code_cell(f'runs_dir = "{out}/runs"')])
+    nb.cells[0].outputs = [nbformat.v4.new_output(
+        "stream", name="stderr", text=f"{REPO_ROOT}/serlib/x.py:1: warning in {data}/a.wav\n")]
+    nb.metadata["papermill"] = {"input_path": f"{book}/02.source.ipynb"}
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nb, path)
+    assert relativise_notebook(path, prefixes) == 3
+    text = path.read_text()
+    assert str(tmp_path) not in text and str(REPO_ROOT) not in text
+    assert 'runs_dir = \\"../../runs\\"' in text
+    assert "<serlib>/serlib/x.py" in text and "<data root>/a.wav" in text
+    nbformat.read(path, as_version=4)                     # still a valid notebook
+
+
+@pytest.mark.slow
+def test_executed_notebooks_carry_no_absolute_paths(built_book):
+    from serlib.book import REPO_ROOT
+
+    build = built_book.parent.resolve()
+    executed = sorted((build / "staging" / "book").glob("*.ipynb"))
+    assert len(executed) >= 8
+    for notebook in executed:
+        text = notebook.read_text()
+        assert str(build) not in text, notebook.name
+        assert str(REPO_ROOT) not in text, notebook.name
+
+
+def _anger_corpus(folder):
+    """A manifest corpus whose largest class is anger, upsampled from 16 kHz and cut at 2 s,
+    with no sessions: 4 speakers, anger 4 / neutral 2 / sadness 2 / happiness 1 clips each."""
+    import librosa
+    import numpy as np
+    import soundfile
+
+    from serlib.corpora.speech import synthesize_speech
+
+    counts = {"anger": 4, "neutral": 2, "sadness": 2, "happiness": 1}
+    rows = []
+    for s, speaker in enumerate(["s1", "s2", "s3", "s4"]):
+        for label, n in counts.items():
+            for k in range(n):
+                y = synthesize_speech(duration_s=2.5, sample_rate=16000, emotion=label,
+                                      speaker="Ses01F" if s % 2 else "Ses01M", seed=100 * s + k)
+                y = librosa.resample(y, orig_sr=16000, target_sr=22050)[: 2 * 22050]
+                name = f"{speaker}_{label}_{k}.wav"
+                soundfile.write(folder / name, y.astype(np.float32), 22050, subtype="PCM_16")
+                rows.append(f"{name},{label},{speaker},{'F' if s % 2 else 'M'}")
+    (folder / "manifest.csv").write_text("path,label,speaker,gender\n" + "\n".join(rows) + "\n")
+    return folder / "manifest.csv"
+
+
+@pytest.mark.slow
+def test_data_chapter_reads_the_builds_selection_and_knows_its_corpus(tmp_path):
+    """The data chapter on a corpus unlike IEMOCAP (anger the largest class, no sessions,
+    16-kHz audio upsampled and cut at 2 s): it reads the selection the build made, refuses
+    one that does not match, and every class- or corpus-dependent sentence is measured."""
+    import papermill
+
+    from serlib.corpora import load_manifest, select_utterances, write_selection
+
+    (tmp_path / "corpus").mkdir()
+    manifest = _anger_corpus(tmp_path / "corpus")
+    selection = tmp_path / "selection.csv"
+    write_selection(select_utterances(load_manifest(manifest)), selection)
+    stamp = selection.stat().st_mtime_ns
+    cells = json.loads(_execute("02_data_selection", tmp_path, manifest=str(manifest),
+                                selection_path=str(selection)))
+    text = json.dumps([cell.get("outputs", []) for cell in cells])   # what the page says
+    assert selection.stat().st_mtime_ns == stamp         # read, not selected again
+    assert "reads the build's selection table" in text
+    assert "largest class is **anger** (16 utterances" in text
+    assert "smallest **happiness** (4," in text
+    assert "speaker folds" in text and "IEMOCAP has five sessions" not in text
+    assert "nothing above 8,000 Hz" in text and "16,000 Hz" in text
+    assert "The duration histogram above is one spike" in text
+
+    write_selection(select_utterances(load_manifest(manifest), max_seconds=1.0), selection)
+    with pytest.raises(papermill.PapermillExecutionError, match="is not what these options"):
+        _execute("02_data_selection", tmp_path, manifest=str(manifest),
+                 selection_path=str(selection))
