@@ -148,7 +148,7 @@ def check_grid_runs(runs) -> list[tuple[str, TrainConfig]]:
 def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
              runs_dir: str | os.PathLike, engine: str = "local", jobs: int | None = None,
              jobs_per_gpu: int | None = None, address: str | None = None,
-             progress: bool = True) -> GridResult:
+             progress: bool = True, batched: bool | None = None) -> GridResult:
     """Train every unfinished fold of every run, then write each run's summary.
 
     Parameters
@@ -166,6 +166,10 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
         See :func:`serlib.engines.make_engine`.
     progress : bool
         One overall bar (folds done / total) and a line per finished run with its WA/UA.
+    batched : bool, optional
+        Train the folds of runs whose inputs agree as grouped networks
+        (:mod:`serlib.batched`; configs it does not support go per fold). None (default):
+        on CUDA only.
 
     Returns
     -------
@@ -258,9 +262,17 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
                           fingerprint=setups[name].resolved["selection"]["fingerprint"])
                  for name, k in todo]
         failed_runs = set()
+        outcomes = pool.run(run_fold_task, tasks)
+        if cuda if batched is None else batched:
+            from serlib.batched import group_tasks, run_group_task
+
+            groups = group_tasks(tasks, workers=getattr(pool, "jobs", 1))
+            outcomes = ((task, outcome) for group, group_outcomes in
+                        pool.run(run_group_task, groups)
+                        for task, outcome in zip(group, group_outcomes, strict=True))
         bar = tqdm(total=len(tasks), desc="folds", unit="fold", disable=not progress)
         with bar:
-            for task, outcome in pool.run(run_fold_task, tasks):
+            for task, outcome in outcomes:
                 bar.update(1)
                 if "error" in outcome:
                     failure = FoldFailure(run=task.run, fold=task.fold,
