@@ -32,6 +32,9 @@ def add_parser(subparsers):
                         help="seconds between windows of a long recording (default: half a "
                         "window)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="the raw probabilities: without each fold's temperature fitted on "
+                        "its validation part (used by default when the run kept them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -86,7 +89,7 @@ def run(args) -> int:
     if args.out is not None and Path(args.out).suffix.lower() not in (".csv", ".json"):
         raise SerlibError(f"--out {args.out}: expected a .csv or .json file name")
     predictor = Predictor.from_run(args.run, folds=args.folds, device=args.device,
-                                   hop_seconds=args.hop)
+                                   hop_seconds=args.hop, calibrated=not args.uncalibrated)
     files, failures = audio_files(args.paths)
     for message in failures:
         tqdm.write(f"serlib predict: {message}", file=sys.stderr)
