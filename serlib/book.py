@@ -449,7 +449,12 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
                      out_dir=Path(paths["runs"]) / f"baseline_{model}",
                      seed=int(profile.training.get("seed", 0)), cache_dir=paths["cache"],
                      progress=not quiet)
-    return run_grid(profile.all_runs(), selection=paths["selection"], cache_dir=paths["cache"],
+    from serlib.imbalance import feasible_runs
+
+    # a controlled-imbalance run the corpus has too few clips for is named and skipped
+    runs = feasible_runs(profile.all_runs(), selection,
+                         say=(lambda _: None) if quiet else print)
+    return run_grid(runs, selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),
                     jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
