@@ -365,6 +365,9 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
              "alpha": 0.05, "n_resamples": 1000}
     plan.append(("07_speaker_leakage", "07_speaker_leakage", study))
     plan.append(("08_imbalance", "08_imbalance", study))
+    plan.append(("08b_calibration", "08b_calibration", {**study, "n_bins": 15}))
+    plan.append(("08c_controlled_imbalance", "08c_controlled_imbalance", {
+        **study, "n_bins": 15, "selection_path": paths["selection"]}))
     names = [name for name, _ in profile.runs()]
     plan.append(("09_using_the_model", "09_using_the_model", {
         "runs_dir": paths["runs"],
