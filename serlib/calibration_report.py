@@ -355,9 +355,9 @@ def skipped_profiles(study: dict, selection, *, training: dict, seed: int = 0) -
 
 __all__ = ["MEASURES", "PairedTest", "advantage_by_ratio", "advantage_growth",
            "calibrate_scaled", "calibration_summary", "calibration_verdict", "fold_values",
-           "imbalance_curve", "load_available", "minority_value", "paired_differences", "paired_test",
-           "plot_imbalance_curve", "plot_reliability", "remedy_of", "skipped_profiles",
-           "ua_value", "verdict_line"]
+           "imbalance_curve", "load_available", "minority_value", "paired_differences",
+           "paired_test", "plot_imbalance_curve", "plot_reliability", "remedy_of",
+           "skipped_profiles", "ua_value", "verdict_line"]
 
 
 def load_available(runs_dir, rows) -> tuple[dict[str, list[Run]], list[str]]:

@@ -426,7 +426,8 @@ def load_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], Run]:
 
 __all__ = [
     "FOLD_FILES", "METRIC_KEYS", "PREDICTION_COLUMNS", "RUN_FILES", "TEXT_COLUMNS", "Run",
-    "RunFolderWarning", "VALIDATION_FILE", "check_config", "environment_versions", "finish_run", "finished_fold",
-    "fold_dir", "load_run", "load_runs", "read_config", "read_run_csv", "remove_scratch",
+    "RunFolderWarning", "VALIDATION_FILE", "check_config", "environment_versions",
+    "finish_run", "finished_fold", "fold_dir", "load_run", "load_runs", "read_config",
+    "read_run_csv", "remove_scratch",
     "summarise", "write_config", "write_fold",
 ]
