@@ -158,3 +158,56 @@ def test_calibration_metrics_keys():
     p, y = calibrated(n=200)
     assert set(calibration_metrics(p, y)) == {"ece", "ece_mass", "classwise_ece", "brier",
                                               "nll", "accuracy"}
+
+
+def test_onnx_export_carries_the_fitted_temperatures(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from serlib.inference import Predictor
+
+    torch_predictor = Predictor.from_run(tiny_run)
+    meta = torch_predictor.to_onnx(tmp_path / "m.onnx")
+    assert meta["temperatures"] == pytest.approx(list(fold_temperatures(tiny_run).values()))
+    assert meta["max_abs_diff"] < 1e-4
+    onnx_predictor = Predictor.from_onnx(tmp_path / "m.onnx")
+    raw = Predictor.from_run(tiny_run, calibrated=False)
+    features = np.random.default_rng(0).normal(size=(3, *raw.feature_config.shape)) * 10
+    scaled = onnx_predictor.predict_features(features)
+    np.testing.assert_allclose(scaled, torch_predictor.predict_features(features), atol=1e-4)
+    assert not np.allclose(scaled, raw.predict_features(features), atol=1e-4)
+
+
+def test_paired_verdicts_and_their_intervals_agree():
+    from serlib.calibration_report import paired_test
+
+    rng = np.random.default_rng(0)
+    lower = paired_test(-0.05 + 0.01 * rng.standard_normal(10), test_train_ratio=0.25,
+                        direction=-1)
+    assert lower.verdict == "agrees" and lower.interval[1] < 0
+    higher = paired_test(0.05 + 0.01 * rng.standard_normal(10), test_train_ratio=0.25,
+                         direction=-1)
+    assert higher.verdict == "contradicts" and higher.interval[0] > 0
+    noise = paired_test(0.05 * rng.standard_normal(10), test_train_ratio=0.25, direction=-1)
+    assert noise.verdict == "inconclusive"
+    assert noise.interval[0] < 0 < noise.interval[1]
+    assert noise.detectable > 0
+
+
+def test_focal_against_softmax_pairs_on_folds(tiny_run, synthetic_selection, tmp_path):
+    from serlib.calibration_report import calibration_verdict
+    from serlib.results import load_run
+    from serlib.training import TrainConfig, run_cross_validation
+
+    softmax = tmp_path / "mfcc_softmax"
+    run_cross_validation(synthetic_selection, config=TrainConfig(
+        feature="mfcc", loss="softmax", folds=2, epochs=2, width=4, batch_size=16,
+        patience=0, device="cpu"), out_dir=softmax, progress=False)
+    for scaled in (False, True):
+        test = calibration_verdict([load_run(softmax)], [load_run(tiny_run)], scaled=scaled)
+        assert test.n == 2 and test.verdict in ("agrees", "contradicts", "inconclusive")
+    other_folds = tmp_path / "three_folds"
+    run_cross_validation(synthetic_selection, config=TrainConfig(
+        feature="mfcc", loss="softmax", folds=3, epochs=1, width=4, batch_size=16,
+        patience=0, device="cpu"), out_dir=other_folds, progress=False)
+    with pytest.raises(SerlibError, match="cannot pair"):
+        calibration_verdict([load_run(other_folds)], [load_run(tiny_run)])
