@@ -41,6 +41,11 @@ def add_parser(subparsers):
     parser.add_argument("--select-epoch", choices=("best", "last"), default=d.select_epoch,
                         help="best: best validation UA (default); last: the final epoch, no "
                         "early stop (the paper's fixed number of epochs)")
+    parser.add_argument("--imbalance", default=d.imbalance, metavar="PROFILE",
+                        help="subsample each fold's training part to fixed class shares: "
+                        "balanced, iemocap, ratio<k> (serlib.imbalance); default: none")
+    parser.add_argument("--imbalance-fraction", type=float, default=d.imbalance_fraction,
+                        help="share of each training part kept with --imbalance (0.5)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                         help="training recipe (serlib.config.RECIPES); flags left at their "
                         "defaults take the recipe's values")
@@ -66,7 +71,8 @@ def run(args) -> int:
         patience=args.patience, seed=args.seed, device=args.device, amp=not args.no_amp,
         feature_dtype="float16" if args.float16 else "float32",
         class_weights=args.class_weights, beta=args.beta, sampler=args.sampler,
-        select_epoch=args.select_epoch,
+        select_epoch=args.select_epoch, imbalance=args.imbalance,
+        imbalance_fraction=args.imbalance_fraction,
     )
     default = TrainConfig()
     given = config.to_dict()
