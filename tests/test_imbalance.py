@@ -155,3 +155,13 @@ def test_logit_adjustment_uses_the_subsampled_shares():
     # fold 1 trains on 30 rows -> 15 kept; fold 2 on 20 -> 10 kept
     assert priors.loc[1].tolist() == pytest.approx(
         [c / 15 for c in allocate(15, class_shares("ratio10"))])
+
+
+def test_a_small_subsampled_training_part_still_gets_a_speaker_disjoint_validation_part():
+    from serlib.splits import validation_split
+
+    labels = np.repeat(np.arange(4), 6)                     # 24 clips, 6 per class
+    speakers = np.array([f"s{i % 6}" for i in range(24)])
+    fit, val = validation_split(np.arange(24), labels, fraction=0.1, seed=0, groups=speakers)
+    assert len(val) > 0 and len(fit) + len(val) == 24
+    assert not set(speakers[fit]) & set(speakers[val])
