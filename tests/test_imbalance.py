@@ -161,7 +161,7 @@ def test_a_small_subsampled_training_part_still_gets_a_speaker_disjoint_validati
     from serlib.splits import validation_split
 
     labels = np.repeat(np.arange(4), 6)                     # 24 clips, 6 per class
-    speakers = np.array([f"s{i % 6}" for i in range(24)])
+    speakers = np.array([f"s{i % 12}" for i in range(24)])   # 12 speakers > 6 per class
     fit, val = validation_split(np.arange(24), labels, fraction=0.1, seed=0, groups=speakers)
     assert len(val) > 0 and len(fit) + len(val) == 24
     assert not set(speakers[fit]) & set(speakers[val])
