@@ -270,6 +270,7 @@ class FoldCalibration:
     after: dict | None
     validation_nll_before: float | None = None
     validation_nll_after: float | None = None
+    n_validation: int | None = None        # clips T was fitted on
 
 
 def calibrate_run(run_or_dir, *, n_bins: int = 15, scale: bool = True
@@ -303,7 +304,8 @@ def calibrate_run(run_or_dir, *, n_bins: int = 15, scale: bool = True
             fold=int(k), temperature=t, before=before,
             after=calibration_metrics(apply_temperature(p, t), y, n_bins=n_bins),
             validation_nll_before=negative_log_likelihood(pv, yv),
-            validation_nll_after=negative_log_likelihood(apply_temperature(pv, t), yv)))
+            validation_nll_after=negative_log_likelihood(apply_temperature(pv, t), yv),
+            n_validation=len(yv)))
     return out
 
 

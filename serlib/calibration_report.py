@@ -135,6 +135,9 @@ def calibration_summary(runs: dict[str, list[Run]], *, n_bins: int = 15) -> pd.D
             row[f"{name} (TS)"] = np.mean([fc.after[key] for fc in per_fold]) if scaled \
                 else np.nan
         row["T"] = np.mean([fc.temperature for fc in per_fold]) if scaled else np.nan
+        # T is one number fitted on each fold's validation part: few clips, a noisy T
+        row["validation clips"] = np.mean([fc.n_validation for fc in per_fold]) if scaled \
+            else np.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("run")
 
