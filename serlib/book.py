@@ -535,6 +535,9 @@ def chapter_plan(profile: Profile, paths: dict) -> list[tuple[str, str, dict]]:
     plan.append(("06b_verdicts", "06b_verdicts", {**study, "n_resamples": 200}))
     plan.append(("07_speaker_leakage", "07_speaker_leakage", study))
     plan.append(("08_imbalance", "08_imbalance", study))
+    plan.append(("08b_calibration", "08b_calibration", {**study, "n_bins": 15}))
+    plan.append(("08c_controlled_imbalance", "08c_controlled_imbalance", {
+        **study, "n_bins": 15, "selection_path": paths["selection"]}))
     names = [name for name, _ in profile.runs()]
     plan.append(("09_using_the_model", "09_using_the_model", {
         "runs_dir": paths["runs"],
@@ -725,7 +728,11 @@ def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manif
             run_baseline(paths["selection"], model=model, protocol=protocol, n_folds=folds,
                          out_dir=Path(paths["runs"]) / f"baseline_{model}{suffix}",
                          seed=seed, cache_dir=paths["cache"], progress=not quiet)
-    return run_grid(all_runs, selection=paths["selection"], cache_dir=paths["cache"],
+    from serlib.imbalance import feasible_runs
+
+    # a controlled-imbalance run the corpus has too few clips for is named and skipped
+    runs = feasible_runs(all_runs, selection, say=(lambda _: None) if quiet else print)
+    return run_grid(runs, selection=paths["selection"], cache_dir=paths["cache"],
                     runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
                     jobs=jobs if jobs is not None else settings.get("jobs"),
                     jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from serlib.errors import SerlibError
+from serlib.imbalance import is_profile as is_imbalance_profile
 from serlib.labels import PAPER_CLASSES
 
 #: Cross-validation protocols (serlib.splits.make_folds).
@@ -116,6 +117,12 @@ class TrainConfig:
                                    # trained side by side on the same batches (each on its own
                                    # loss); predictions are their mean probabilities
 
+    # --- controlled class imbalance (issue 22, serlib.imbalance); "none": the corpus as it is
+    imbalance: str = "none"        # each fold's training part subsampled to a profile's class
+                                   # shares: "balanced", "iemocap", "ratio<k>" (e.g. ratio10)
+    imbalance_fraction: float = 0.5  # ... keeping this share of the training part (one total
+                                   # size for every profile, so only the imbalance changes)
+
     def __post_init__(self):
         checks = {
             "feature": self.feature in ("spectrogram", "mfcc"),
@@ -161,6 +168,9 @@ class TrainConfig:
             "warmup_epochs": _count(self.warmup_epochs) and _count(self.epochs)
             and self.warmup_epochs < self.epochs,
             "ensemble": _count(self.ensemble) and self.ensemble >= 1,
+            "imbalance": is_imbalance_profile(self.imbalance),
+            "imbalance_fraction": _finite(self.imbalance_fraction)
+            and 0 < self.imbalance_fraction <= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -191,6 +201,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["alpha"] = None if self.alpha is None else list(self.alpha)
+        if self.imbalance == "none":
+            # fields added after run folders existed are left out at their defaults, so
+            # that those folders (config.json, checkpoints) stay the same run
+            for key in _LATER_FIELDS:
+                if data[key] == _LATER_DEFAULTS[key]:
+                    del data[key]
         return data
 
     @classmethod
@@ -212,6 +228,11 @@ class TrainConfig:
             raise SerlibError(f"TrainConfig: a field has a value of the wrong type ({error})"
                               ) from None
 
+
+#: TrainConfig fields added later (issue 22): left out of ``to_dict`` at their defaults.
+_LATER_FIELDS = ("imbalance", "imbalance_fraction")
+_LATER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                   if f.name in _LATER_FIELDS}
 
 #: Named training recipes: TrainConfig fields over the defaults (TrainConfig.from_recipe).
 #: "paper" is the paper's method (Tables 1-4); "strong" bundles what won on EmoDB's

@@ -9,7 +9,9 @@ only: a checkpoint is never unpickled) and, for a waveform or an audio file,
 2. rounds them to float16 and back if the run stored its features as float16 (as it trained);
 3. normalises them with each fold's mean and standard deviation and runs that fold's model;
 4. averages the softmax probabilities over the fold models (the ensemble; ``folds=[k]`` for
-   one model).
+   one model); each fold's logits are first divided by its temperature, fitted on its
+   validation part (:mod:`serlib.calibration`), when the run kept its validation predictions
+   (``calibrated=False``: the raw probabilities, as in the run's ``predictions.csv``).
 
 Long recordings. A recording longer than the model's input (``max_seconds``, 6 s) is cut into
 windows of ``max_seconds`` starting every ``hop_seconds`` (default: half a window, 3 s). The
@@ -118,7 +120,7 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------- the models
-def _run_model(model, x, *, config, lengths=None):
+def _run_model(model, x, *, config, lengths=None, temperature=None):
     """Softmax probabilities of one fold's model on a normalised batch.
 
     The one place where a fold's model is applied (torch inference and the ONNX graph both
@@ -136,6 +138,8 @@ def _run_model(model, x, *, config, lengths=None):
     lengths : torch.Tensor of int64, shape (B,), optional
         Each clip's own frames; used when the run was trained with ``own_frames`` (the model
         then ignores everything past a clip's end, as in training).
+    temperature : torch.Tensor, scalar, optional
+        The fold's fitted temperature (:mod:`serlib.calibration`): logits divided by it.
 
     Returns
     -------
@@ -150,13 +154,18 @@ def _run_model(model, x, *, config, lengths=None):
         logits = model(x, lengths)                                      # (B, C)
     else:
         logits = model(x)                                               # (B, C)
-    return torch.softmax(logits.float(), dim=-1)
+    logits = logits.float()
+    if temperature is not None:
+        logits = logits / temperature
+    return torch.softmax(logits, dim=-1)
 
 
 def _ensemble_module(models: list, means: list[np.ndarray], stds: list[np.ndarray],
-                     configs: list, *, float16_features: bool):
+                     configs: list, *, float16_features: bool,
+                     temperatures: list[float] | None = None):
     """A torch module: unnormalised features (B, 1, F, T) -> probabilities averaged over the
-    fold models (B, C). Each fold's normalisation is a buffer of the module."""
+    fold models (B, C). Each fold's normalisation and temperature (1: none) are buffers of
+    the module (so the ONNX graph carries them)."""
     import torch
     from torch import nn
 
@@ -169,13 +178,15 @@ def _ensemble_module(models: list, means: list[np.ndarray], stds: list[np.ndarra
             # (K, 1, F, 1): broadcast over batch, channel and frames of (B, 1, F, T)
             self.register_buffer("mean", torch.from_numpy(np.stack(means))[:, None, :, None])
             self.register_buffer("std", torch.from_numpy(np.stack(stds))[:, None, :, None])
+            self.register_buffer("temperature", torch.tensor(
+                temperatures or [1.0] * len(models), dtype=torch.float32))      # (K,)
 
         def forward(self, features, lengths=None):         # (B, 1, F, T), (B,)
             if self.float16_features:                      # as the run stored them
                 features = features.to(torch.float16).to(torch.float32)
             probs = [
                 _run_model(model, (features - self.mean[k]) / self.std[k], config=config,
-                           lengths=lengths)
+                           lengths=lengths, temperature=self.temperature[k])
                 for k, (model, config) in enumerate(zip(self.models, self.configs,
                                                         strict=True))
             ]
@@ -324,6 +335,7 @@ class Predictor:
         self.hop_seconds = float(hop_seconds)
         self.batch_size = batch_size
         self.source = source
+        self.temperatures: list[float] | None = None     # per fold, when calibrated
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, folds={self.folds}, "
@@ -334,7 +346,7 @@ class Predictor:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, *, folds: Sequence[int] | int | None = None,
                  device: str = "cpu", hop_seconds: float | None = None,
-                 batch_size: int = 32) -> Predictor:
+                 batch_size: int = 32, calibrated: bool = True) -> Predictor:
         """The fold models of a run folder, in torch.
 
         Parameters
@@ -349,6 +361,12 @@ class Predictor:
             Hop between the windows of a long recording (default: half a window).
         batch_size : int
             Windows per forward pass.
+        calibrated : bool
+            Divide each fold's logits by its temperature fitted on its validation part
+            (:func:`serlib.calibration.fold_temperatures`) when the run kept its validation
+            predictions (``temperatures`` says which were used; None: not scaled). The
+            predicted class of a single fold never changes; False: the raw probabilities, as
+            in the run's ``predictions.csv``.
         """
         import torch
 
@@ -400,8 +418,15 @@ class Predictor:
             stds.append(std)
             configs.append(fold_config)
         float16 = train.feature_dtype == "float16"
-        ensemble = _ensemble_module(models, means, stds, configs,
-                                    float16_features=float16).to(device)
+        temperatures = None
+        if calibrated:
+            from serlib.calibration import fold_temperatures, has_validation
+
+            if has_validation(run_dir):
+                fitted = fold_temperatures(run_dir, folds)
+                temperatures = [fitted[k] for k in folds]
+        ensemble = _ensemble_module(models, means, stds, configs, float16_features=float16,
+                                    temperatures=temperatures).to(device)
 
         def score(features: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
             if train.normalisation == "utterance":
@@ -414,9 +439,11 @@ class Predictor:
                 return ensemble(x.to(device), None if lt is None else lt.to(device)
                                 ).cpu().numpy()
 
-        return cls(score=score, feature_config=feature_config, class_names=names,
-                   folds=folds, float16_features=float16, hop_seconds=hop_seconds,
-                   batch_size=batch_size, source=f"run {run_dir}", ensemble=ensemble)
+        predictor = cls(score=score, feature_config=feature_config, class_names=names,
+                        folds=folds, float16_features=float16, hop_seconds=hop_seconds,
+                        batch_size=batch_size, source=f"run {run_dir}", ensemble=ensemble)
+        predictor.temperatures = temperatures
+        return predictor
 
     @classmethod
     def from_onnx(cls, path: str | os.PathLike, *, hop_seconds: float | None = None,
@@ -454,10 +481,13 @@ class Predictor:
             x = np.ascontiguousarray(features, dtype=np.float32)[:, None]   # (N, 1, F, T)
             return session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
 
-        return cls(score=score, feature_config=feature_config,
-                   class_names=meta["class_names"], folds=meta["folds"],
-                   float16_features=meta["feature_dtype"] == "float16",
-                   hop_seconds=hop_seconds, batch_size=batch_size, source=f"onnx {path}")
+        predictor = cls(score=score, feature_config=feature_config,
+                        class_names=meta["class_names"], folds=meta["folds"],
+                        float16_features=meta["feature_dtype"] == "float16",
+                        hop_seconds=hop_seconds, batch_size=batch_size,
+                        source=f"onnx {path}")
+        predictor.temperatures = meta.get("temperatures")   # applied inside the graph
+        return predictor
 
     # ------------------------------------------------------------------ prediction
     def predict_features(self, features: np.ndarray, *,
@@ -765,6 +795,8 @@ class Predictor:
                         "default_hop_s": self.feature_config.max_seconds / 2},
             "source": self.source,
             "train_config": module.configs[0].to_dict(),
+            # each fold's logits are divided by its temperature inside the graph (None: 1)
+            "temperatures": self.temperatures,
             "opset": ONNX_OPSET,
         }
         atomic_write_json(path.with_suffix(".json"), meta)

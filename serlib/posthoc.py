@@ -11,7 +11,9 @@ the balanced error (UA) when ``p`` is calibrated.
 **The priors.** A run folder keeps every utterance's test prediction; the training part of
 fold ``k`` is every utterance *not* in fold ``k``'s test part of ``predictions.csv`` (its fit
 and validation parts together, which is what K-fold cross-validation trains on). Its class
-shares are the priors of fold ``k``; the test fold's own labels are never used.
+shares are the priors of fold ``k``; the test fold's own labels are never used. A run whose
+training parts were subsampled to fixed class shares (``TrainConfig.imbalance``,
+:mod:`serlib.imbalance`) uses those shares instead.
 
 :func:`logit_adjust` returns a :class:`serlib.results.Run` in memory (same folds, utterances
 and seed as its source, so it pairs with :func:`serlib.stats.compare_runs`); :func:`write_run`
@@ -86,7 +88,14 @@ def logit_adjust(run: Run | str | os.PathLike, *, tau: float = 1.0) -> Run:
     missing = [c for c in PROB_COLUMNS if c not in run.predictions]
     if missing:
         raise SerlibError(f"{run.path}: predictions.csv lacks {', '.join(missing)}")
-    priors = training_priors(run.predictions)
+    train = (run.config or {}).get("train") or {}
+    if train.get("imbalance", "none") != "none":    # subsampled training parts (issue 22)
+        from serlib.imbalance import training_priors as subsampled_priors
+
+        priors = subsampled_priors(run.predictions, name=train["imbalance"],
+                                   fraction=float(train["imbalance_fraction"]))
+    else:
+        priors = training_priors(run.predictions)
     preds = run.predictions.copy()
     probs = preds[list(PROB_COLUMNS)].to_numpy(dtype=float)              # (N, C)
     log_prior = np.log(priors.loc[preds["fold"]].to_numpy())             # (N, C)

@@ -6,7 +6,9 @@ between training (:func:`serlib.training.run_cross_validation`), the grid
 
     run_dir/config.json        resolved TrainConfig + FeatureConfig + selection + commit +
                                the versions that shape the numbers (python, torch, ...)
-    run_dir/fold_<k>/          checkpoint.pt, metrics.json, predictions.csv, history.csv
+    run_dir/fold_<k>/          checkpoint.pt, metrics.json, predictions.csv, history.csv,
+                               validation.csv (the validation part's predictions; runs
+                               written before issue 22 lack it)
     run_dir/predictions.csv    every test prediction with class probabilities
     run_dir/history.csv        per-epoch train/validation curves of every fold
     run_dir/summary.json       mean and std over folds of WA and UA, protocol, corpus, device
@@ -49,6 +51,8 @@ from serlib.provenance import commit_hash
 
 #: Files of one finished fold (``metrics.json`` is read first by :func:`finished_fold`).
 FOLD_FILES = ("checkpoint.pt", "metrics.json", "predictions.csv", "history.csv")
+#: Optional file of a fold (runs written since issue 22): the validation part's predictions.
+VALIDATION_FILE = "validation.csv"
 #: Files of a finished run, besides its folds.
 RUN_FILES = ("config.json", "predictions.csv", "history.csv", "summary.json")
 #: Keys every ``fold_<k>/metrics.json`` has.
@@ -229,10 +233,14 @@ def forget_failed_start(run_dir: str | os.PathLike) -> bool:
 
 # ----------------------------------------------------------------------------- folds
 def write_fold(run_dir: str | os.PathLike, fold: int, *, checkpoint: dict, metrics: dict,
-               predictions: pd.DataFrame, history: pd.DataFrame) -> Path:
+               predictions: pd.DataFrame, history: pd.DataFrame,
+               validation: pd.DataFrame | None = None) -> Path:
     """Write one finished fold at once: a scratch folder renamed to ``fold_<fold>``.
 
-    A damaged ``fold_<fold>`` already there is replaced. Returns the fold's folder.
+    ``validation``: the chosen epoch's predictions on the fold's validation part (columns of
+    :data:`PREDICTION_COLUMNS`), written as ``validation.csv`` (:data:`VALIDATION_FILE`; what
+    :mod:`serlib.calibration` fits a temperature on). A damaged ``fold_<fold>`` already there
+    is replaced. Returns the fold's folder.
     """
     import torch
 
@@ -246,8 +254,12 @@ def write_fold(run_dir: str | os.PathLike, fold: int, *, checkpoint: dict, metri
         predictions.to_csv(tmp / "predictions.csv", index=False)
         history.to_csv(tmp / "history.csv", index=False)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        names = FOLD_FILES
+        if validation is not None:
+            validation.to_csv(tmp / VALIDATION_FILE, index=False)
+            names = (*FOLD_FILES, VALIDATION_FILE)
         # rename(2) of the folder is atomic; the files inside must be on disk before it
-        for name in FOLD_FILES:
+        for name in names:
             with open(tmp / name, "rb") as handle:
                 os.fsync(handle.fileno())
         os.chmod(tmp, 0o777 & ~_umask())
@@ -510,7 +522,7 @@ def load_runs(runs_dir: str | os.PathLike) -> dict[tuple[str, str], Run]:
 
 __all__ = [
     "FOLD_FILES", "METRIC_KEYS", "PREDICTION_COLUMNS", "RUN_FILES", "TEXT_COLUMNS", "Run",
-    "RunFolderWarning", "check_config", "environment_versions", "finish_run", "finished_fold",
-    "fold_dir", "load_run", "load_runs", "read_config", "read_run_csv", "remove_scratch",
-    "summarise", "without_timing", "write_config", "write_fold",
+    "RunFolderWarning", "VALIDATION_FILE", "check_config", "environment_versions",
+    "finish_run", "finished_fold", "fold_dir", "load_run", "load_runs", "read_config",
+    "read_run_csv", "remove_scratch", "summarise", "without_timing", "write_config", "write_fold",
 ]

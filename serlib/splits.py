@@ -105,6 +105,9 @@ def validation_split(train_idx: np.ndarray, labels: np.ndarray, *, fraction: flo
             )
         # one of round(1 / fraction) speaker-disjoint folds is the validation part
         n_splits = min(max(2, round(1 / fraction)), n_speakers)
+        # scikit-learn refuses more splits than the largest class has members (a small,
+        # e.g. subsampled, training part): fewer, larger validation folds then
+        n_splits = max(2, min(n_splits, int(np.unique(y, return_counts=True)[1].max())))
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         fit, val = next(splitter.split(train_idx, y, groups=speakers))
         return np.sort(train_idx[fit]), np.sort(train_idx[val])

@@ -32,8 +32,8 @@ The YAML shape, under a profile's ``studies:`` key (every key but ``runs`` optio
   and have no field beyond those every row has (so ``{loss: softmax}`` is plain softmax, not
   softmax with class weights). With several (``leakage``: each stratified configuration), a
   row is compared with the one that equals it in every other field.
-- ``posthoc`` rows are computed from the trained row that ``of`` matches (by the same rule;
-  for every seed):
+- ``posthoc`` rows are computed from each trained row that ``of`` matches (by the same rule;
+  for every seed; one posthoc row per match, e.g. per swept ``imbalance`` profile):
   ``logit_adjustment`` is :func:`serlib.posthoc.logit_adjust` with ``tau``.
 
 Run names are stable, readable slugs of the resolved configuration: ``<feature>_<loss>``, with
@@ -306,6 +306,8 @@ def _label(config: dict, varying: list[str]) -> str:
         elif key == "sampler":
             if value not in (None, "shuffle"):
                 parts.append(f"{value} sampler")
+        elif key == "imbalance":
+            parts.append(f"{value} shares" if value != "none" else "corpus shares")
         elif value is not None:
             parts.append(f"{key} {_fmt(value)}")
     return ", ".join(parts) if parts else "reference"
@@ -356,9 +358,13 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
             return None
         if len(refs) == 1:
             return labels[configs.index(refs[0])]
-        # several references (one per group): the one that agrees on all but their fields
+        # several references (one per group): the one that agrees on every field all rows
+        # have, but the reference's own
+        # gamma belongs to the loss: a reference that names the loss ignores it too
+        skip = set(reference) | ({"gamma"} if "loss" in reference else set())
         twins = [r for r in refs if all(_freeze(r.get(k)) == _freeze(c.get(k))
-                                        for k in set(r) | set(c) if k not in reference)]
+                                        for k in (set(r) | set(c)) & common
+                                        if k not in skip)]
         if len(twins) != 1:
             raise SerlibError(f"studies.{name}: {len(twins)} reference rows fit "
                               f"{labels[configs.index(c)]!r}; it must be exactly one")
@@ -373,15 +379,17 @@ def study_rows(studies: dict, name: str, *, base_training: dict,
     for i, ph in enumerate(study.get("posthoc") or []):
         sources = [r for r in rows if _matches(r.config, ph["of"])
                    and set(r.config) <= common | set(ph["of"])]
-        if len(sources) != 1:
+        if not sources:
             raise SerlibError(f"studies.{name}.posthoc[{i}].of {ph['of']!r} matches "
-                              f"{len(sources)} trained rows; it must match exactly one")
+                              "no trained row; it must match at least one")
         params = {k: v for k, v in ph.items() if k != "of"}
         tau = float(params.setdefault("tau", 1.0))
-        rows.append(StudyRow(label=f"{sources[0].label} + logit adjustment (tau {tau:g})",
-                             config=sources[0].config, runs=sources[0].runs, kind="posthoc",
-                             posthoc=params,
-                             compare_with=sources[0].compare_with or sources[0].label))
+        # one posthoc row per trained row it matches (e.g. one per swept imbalance profile)
+        for source in sources:
+            rows.append(StudyRow(label=f"{source.label} + logit adjustment (tau {tau:g})",
+                                 config=source.config, runs=source.runs, kind="posthoc",
+                                 posthoc=dict(params),
+                                 compare_with=source.compare_with or source.label))
     return rows
 
 

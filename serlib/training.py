@@ -427,6 +427,10 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
                                       device=device, amp=config.amp,
                                       crop_frames=config.crop_frames)
+        # the chosen epoch's validation predictions: what temperature scaling is fitted on
+        val_probabilities = predict_proba(model, val, batch_size=2 * config.batch_size,
+                                          device=device, amp=config.amp,
+                                          crop_frames=config.crop_frames)
     _check_finite_probabilities(probabilities, config=config, fold=fold)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
@@ -436,6 +440,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         "history": history,
         "best_epoch": best["epoch"],
         "probabilities": probabilities,
+        "val_idx": np.asarray(val_idx), "val_probabilities": val_probabilities,
         "n_fit": len(fit_idx), "n_val": len(val_idx),
     }
 
@@ -748,6 +753,11 @@ def prepare_run(selection, *, config: TrainConfig) -> RunSetup:
     except ValueError as error:   # scikit-learn's splitters: too many folds for the data
         raise SerlibError(f"folds={config.folds} with protocol={config.protocol!r} on "
                           f"{len(selection)} utterances: {error}") from None
+    if config.imbalance != "none":      # controlled imbalance: training parts subsampled
+        from serlib.imbalance import apply_to_folds
+
+        folds = apply_to_folds(folds, labels, name=config.imbalance,
+                               fraction=config.imbalance_fraction, seed=config.seed)
     _check_training_parts(labels, folds)
     resolved = {
         "train": config.to_dict(),
@@ -855,8 +865,21 @@ def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict
         "class_names": list(PAPER_CLASSES),
         "metrics": metrics,
     }
+    validation = None
+    if "val_probabilities" in result:
+        val_idx, val_probs = result["val_idx"], result["val_probabilities"]   # (n_val, C)
+        val_rows = setup.selection.iloc[val_idx]
+        validation = pd.DataFrame({
+            "utterance_id": val_rows["utterance_id"].to_numpy(),
+            "fold": fold,
+            "speaker": val_rows["speaker"].to_numpy(),
+            "label": [PAPER_CLASSES[i] for i in setup.labels[val_idx]],
+            "predicted": [PAPER_CLASSES[i] for i in val_probs.argmax(axis=1)],
+            **{f"p_{name}": val_probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
+        })
     runs.write_fold(out_dir, fold, checkpoint=checkpoint, metrics=metrics,
-                    predictions=predictions, history=pd.DataFrame(result["history"]))
+                    predictions=predictions, history=pd.DataFrame(result["history"]),
+                    validation=validation)
     return metrics
 
 

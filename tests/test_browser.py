@@ -87,6 +87,8 @@ def test_equations_are_typeset(chromium, server, tmp_path):
 @pytest.mark.parametrize("page, must_show", [
     ("book/07_speaker_leakage.html", ("session", "stratified")),
     ("book/08_imbalance.html", ("inverse class weights", "gamma")),
+    ("book/08b_calibration.html", ("ECE", "temperature", "Reliability")),
+    ("book/08c_controlled_imbalance.html", ("balanced", "ratio10", "logit adjustment")),
 ])
 def test_study_pages_show_their_tables_and_figures(chromium, server, tmp_path, page, must_show):
     dom = browse(chromium, tmp_path, f"{server}/{page}", "--dump-dom")

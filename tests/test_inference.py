@@ -64,7 +64,7 @@ def test_each_fold_reproduces_the_runs_test_predictions(tiny_run, synthetic_sele
                            synthetic_selection["duration_s"], strict=True))
     n_short = 0
     for fold in sorted(predictions["fold"].unique()):
-        predictor = Predictor.from_run(tiny_run, folds=[int(fold)])
+        predictor = Predictor.from_run(tiny_run, folds=[int(fold)], calibrated=False)
         rows = predictions[predictions["fold"] == fold]
         assert len(rows) > 0
         for row in rows.itertuples(index=False):
@@ -322,7 +322,7 @@ def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_select
     predictions = pd.read_csv(run_dir / "predictions.csv")
     paths = synthetic_selection.set_index("utterance_id")["path"]
     for fold in (1, 2):
-        predictor = Predictor.from_run(run_dir, folds=[fold])
+        predictor = Predictor.from_run(run_dir, folds=[fold], calibrated=False)
         rows = predictions[predictions["fold"] == fold].head(6)
         for row in rows.itertuples():
             got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities

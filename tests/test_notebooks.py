@@ -15,7 +15,8 @@ NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 def test_there_are_chapters():
     assert [p.stem for p in NOTEBOOKS] == [
         "02_data_selection", "03_features", "04_model_and_focal_loss", "05_training",
-        "06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance", "09_using_the_model"]
+        "06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance", "08b_calibration",
+        "08c_controlled_imbalance", "09_using_the_model"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -8,7 +8,8 @@ from serlib.commands import add_folds_arguments, add_run_folder_arguments
 #: argparse default is None ("not given"), so that a recipe fills only what was not given.
 TRAIN_FLAGS = ("feature", "loss", "gamma", "alpha", "protocol", "folds", "epochs", "width",
                "batch_size", "optimizer", "lr", "weight_decay", "patience", "class_weights",
-               "beta", "sampler", "select_epoch", "seed", "device")
+               "beta", "sampler", "select_epoch", "imbalance", "imbalance_fraction", "seed",
+               "device")
 
 
 def add_parser(subparsers):
@@ -49,6 +50,11 @@ def add_parser(subparsers):
     parser.add_argument("--select-epoch", choices=("best", "last"), default=None,
                         help="best: best validation UA (default); last: the final epoch, no "
                         "early stop (the paper's fixed number of epochs)")
+    parser.add_argument("--imbalance", default=None, metavar="PROFILE",
+                        help="subsample each fold's training part to fixed class shares: "
+                        "balanced, iemocap, ratio<k> (serlib.imbalance); default: none")
+    parser.add_argument("--imbalance-fraction", type=float, default=None,
+                        help="share of each training part kept with --imbalance (0.5)")
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                         help="training recipe (serlib.config.RECIPES); flags not given take "
                         "the recipe's values, a flag given always wins")

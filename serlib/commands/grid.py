@@ -26,8 +26,8 @@ def add_parser(subparsers):
                         help="which corpus --data-root holds: iemocap (default), ravdess, "
                         "crema-d, tess, savee, emodb or emovo")
     parser.add_argument("--study", action="append", default=None, metavar="NAME",
-                        help="train only this study of the profile (leakage, imbalance; "
-                        "repeatable); default: the whole profile")
+                        help="train only this study of the profile (leakage, imbalance, "
+                        "controlled_imbalance; repeatable); default: the whole profile")
     parser.add_argument("--out", default="_build",
                         help="output folder: selection.csv, cache/, runs/ (default: _build); "
                         "on a cluster it must be on a filesystem every node sees")

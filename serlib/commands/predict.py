@@ -32,6 +32,9 @@ def add_parser(subparsers):
                         help="seconds between windows of a long recording (default: half a "
                         "window)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="the raw probabilities: without each fold's temperature fitted on "
+                        "its validation part (used by default when the run kept them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -95,7 +98,7 @@ def run(args) -> int:
             raise SerlibError(f"--out {args.out}: inside the run folder {args.run}; serlib "
                               "never writes over a run's files: write it elsewhere")
     predictor = Predictor.from_run(args.run, folds=args.folds, device=args.device,
-                                   hop_seconds=args.hop)
+                                   hop_seconds=args.hop, calibrated=not args.uncalibrated)
     for message in failures:
         tqdm.write(f"serlib predict: {message}", file=sys.stderr)
     rows, n_file_failures = [], 0
