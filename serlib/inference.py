@@ -29,7 +29,12 @@ it. The graph takes the **unnormalised** feature matrices, shape (batch, 1, F, T
 deviation inside (folds are normalised differently, so one normalised input cannot serve an
 ensemble); it returns the averaged probabilities, shape (batch, C). The JSON file records the
 feature config, every fold's normalisation and the class names, so onnxruntime can serve the
-model without torch (:meth:`Predictor.from_onnx`).
+model without torch (:meth:`Predictor.from_onnx`). A run trained on each clip's own frames
+(``own_frames``, the strong recipe) gives a graph with a second input, ``lengths`` (batch,),
+int64: each clip's own frames, as :func:`serlib.augment.clip_frames` computes them from its
+duration; the masked convolutions and pooling inside the graph ignore everything after them,
+as in training (format version 2). A seed ensemble (``seed_ensemble``) or an ensemble per fold
+(``ensemble``) is exported as its mean probabilities, like any fold model.
 """
 
 from __future__ import annotations

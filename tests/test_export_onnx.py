@@ -32,12 +32,19 @@ def strong_run(selection, out, **overrides):
     return out
 
 
-@pytest.mark.parametrize("seed_ensemble", [1, 2])
-def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, tmp_path,
-                                                       seed_ensemble):
+@pytest.fixture(scope="module")
+def strong_runs(synthetic_selection, tmp_path_factory):
+    """A tiny own-frame strong-recipe run, and a 2-seed ensemble of it, by seed_ensemble."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    run_dir = strong_run(synthetic_selection, tmp_path / "strong", seed_ensemble=seed_ensemble)
+    return {n: strong_run(synthetic_selection, tmp_path_factory.mktemp(f"strong{n}"),
+                          seed_ensemble=n) for n in (1, 2)}
+
+
+@pytest.mark.parametrize("seed_ensemble", [1, 2])
+def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, strong_runs,
+                                                       tmp_path, seed_ensemble):
+    run_dir = strong_runs[seed_ensemble]
     path = tmp_path / "strong.onnx"
     assert main(["export", "--run", str(run_dir), "--onnx", str(path)]) == 0
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -62,11 +69,9 @@ def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, tmp_
 
 
 def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_selection,
-                                                                      tmp_path):
+                                                                      strong_runs, tmp_path):
     """The exported fold model gives the run's own test probabilities (predictions.csv)."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    run_dir = strong_run(synthetic_selection, tmp_path / "strong")
+    run_dir = strong_runs[1]
     path = tmp_path / "fold1.onnx"
     assert main(["export", "--run", str(run_dir), "--onnx", str(path), "--folds", "1"]) == 0
     predictor = Predictor.from_onnx(path)
