@@ -420,7 +420,8 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     -------
     dict
         ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
-        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``n_fit``, ``n_val``.
+        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``val_idx`` and
+        ``val_probabilities`` (n_val, C: the kept model's), ``n_fit``, ``n_val``.
     """
     from tqdm import tqdm
 
@@ -513,6 +514,10 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
                                       device=device, amp=config.amp,
                                       crop_frames=config.crop_frames)
+        # the kept model's validation predictions (a seed ensemble's: its mean probabilities)
+        val_probabilities = predict_proba(model, val, batch_size=2 * config.batch_size,
+                                          device=device, amp=config.amp,
+                                          crop_frames=config.crop_frames)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
         "state": _to_cpu(state),
@@ -521,6 +526,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         "history": history,
         "best_epoch": best_epoch,
         "probabilities": probabilities,
+        "val_idx": np.asarray(val_idx), "val_probabilities": val_probabilities,
         "n_fit": len(fit_idx), "n_val": len(val_idx),
     }
 
