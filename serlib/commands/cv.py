@@ -44,6 +44,12 @@ def add_parser(subparsers):
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                         help="training recipe (serlib.config.RECIPES); flags left at their "
                         "defaults take the recipe's values")
+    parser.add_argument("--min-steps", type=int, default=d.min_steps,
+                        help="train at least this many optimizer steps (0: epochs only); the "
+                        "learning-rate schedule is then stepped per batch")
+    parser.add_argument("--seed-ensemble", type=int, default=d.seed_ensemble,
+                        help="networks per fold, each trained alone with its own seed; "
+                        "predictions are their mean (costs that many times the training)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-amp", action="store_true",
@@ -66,7 +72,8 @@ def run(args) -> int:
         patience=args.patience, seed=args.seed, device=args.device, amp=not args.no_amp,
         feature_dtype="float16" if args.float16 else "float32",
         class_weights=args.class_weights, beta=args.beta, sampler=args.sampler,
-        select_epoch=args.select_epoch,
+        select_epoch=args.select_epoch, min_steps=args.min_steps,
+        seed_ensemble=args.seed_ensemble,
     )
     default = TrainConfig()
     given = config.to_dict()
