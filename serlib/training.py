@@ -467,7 +467,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     total_steps, n_epochs = training_steps(len(fit), config)
 
     # a seed ensemble: each member trained alone with its own seed (member 0 = this seed)
-    states, optimizers, history = [], [], []
+    states, optimizers, history, epochs_kept = [], [], [], []
     for member in range(config.seed_ensemble):
         member_seed = seed + SEED_ENSEMBLE_STRIDE * member
         if member:
@@ -497,6 +497,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         history.extend(member_history)
         states.append(best["state"])
         optimizers.append(best["optimizer"])
+        epochs_kept.append(best["epoch"])
     if config.seed_ensemble > 1:
         model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
                             pooling=config.pooling, dropout=config.dropout,
@@ -506,7 +507,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
             member.load_state_dict(state)
         state = model.state_dict()
         optimizer_state = {"members": optimizers}
-        best_epoch = best["epoch"]
+        best_epoch = epochs_kept[0]                         # member 0's (the others' in history)
     else:
         model.load_state_dict(best["state"])
         state, optimizer_state, best_epoch = best["state"], best["optimizer"], best["epoch"]
