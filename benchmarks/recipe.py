@@ -98,6 +98,18 @@ CANDIDATES.update({
         ("drop0.3", {"dropout": 0.3}), ("e40", {"epochs": 40}))})
 
 
+#: Round 5 (issue 21, a later session): the strong recipe as it is, with a training length of
+#: at least 240 optimizer steps (what it takes on EmoDB's 8 training speakers; the cosine
+#: schedule stepped per batch), and a seed ensemble of 3. Screened over seeds 0, 1, 2 and
+#: training sizes of 8, 6 and 4 speakers per fold (``--seeds``, ``--pairs``).
+_STRONG = RECIPES["strong"]
+CANDIDATES.update({
+    "strong": dict(_STRONG),
+    "strong-steps240": {**_STRONG, "min_steps": 240},
+    "strong-x3seeds": {**_STRONG, "seed_ensemble": 3},
+})
+
+
 def load(manifest: Path, cache: Path | None, feature: str = "mfcc"):
     selection = select_utterances(load_manifest(manifest))
     feature_config = FeatureConfig.preset(feature)
@@ -182,6 +194,52 @@ def nested_ua(results: list, tags: list, labels) -> tuple[float, list[float]]:
     return float(np.mean(per_fold)), per_fold
 
 
+def subset_folds(folds: list, sessions: np.ndarray, *, pairs: int, seed: int = 0) -> list:
+    """Each outer fold's training part cut to ``pairs`` of its speaker pairs (sessions),
+    drawn once per fold with a fixed seed (the same subsets for every candidate and training
+    seed); test parts untouched. ``pairs`` = all of them: the folds as they are."""
+    out = []
+    for k, (train_idx, test_idx) in enumerate(folds, start=1):
+        present = sorted(set(sessions[train_idx]))
+        if pairs >= len(present):
+            out.append((train_idx, test_idx))
+            continue
+        rng = np.random.default_rng([seed, k])
+        keep = set(rng.choice(present, size=pairs, replace=False).tolist())
+        out.append((np.array([i for i in train_idx if sessions[i] in keep]), test_idx))
+    return out
+
+
+def kept_validation_ua(results: list, labels) -> float:
+    """Mean over folds of the UA of the kept model (a seed ensemble: its mean probabilities)
+    on each fold's inner, speaker-disjoint validation part."""
+    return float(np.mean([
+        classification_report_dict(labels[r["val_idx"]], r["val_probabilities"].argmax(1),
+                                   class_names=PAPER_CLASSES)["ua"] for r in results]))
+
+
+def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
+    """Late fusion (serlib.fusion's rule) of a deep run's and a baseline's test folds: fold
+    k's weight chosen on the other folds' out-of-fold predictions, never on fold k."""
+    from serlib.fusion import choose_weight
+
+    by_fold = {r["fold"]: r for r in deep}
+    base = {f["fold"]: f for f in baseline}
+    y_all, p_all, weights = [], [], []
+    for k in sorted(by_fold):
+        others = [j for j in by_fold if j != k]
+        y = np.concatenate([labels[by_fold[j]["test_idx"]] for j in others])
+        w, _ = choose_weight(y, np.concatenate([by_fold[j]["probabilities"] for j in others]),
+                             np.concatenate([base[j]["probabilities"] for j in others]))
+        weights.append(w)
+        y_all.append(labels[by_fold[k]["test_idx"]])
+        p_all.append(w * by_fold[k]["probabilities"] + (1 - w) * base[k]["probabilities"])
+    report = classification_report_dict(np.concatenate(y_all),
+                                        np.concatenate(p_all).argmax(1),
+                                        class_names=PAPER_CLASSES)
+    return {k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}, weights
+
+
 def validation_ua(results: list) -> float:
     """Mean over folds of the validation UA at the epoch each fold kept."""
     return float(np.mean([next(h["val_ua"] for h in r["history"] if h["epoch"] == r["best_epoch"])
@@ -216,6 +274,12 @@ def main(argv=None) -> int:
     parser.add_argument("--also", nargs="+", choices=sorted(CANDIDATES), default=[],
                         metavar="NAME", help="--final: also these candidates on the test "
                         "folds, for comparison once the choice is made")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                        help="round 5: repeat every row over these training seeds (mean and "
+                        "worst seed reported); --screen scores the kept model's validation UA")
+    parser.add_argument("--pairs", type=int, nargs="+", default=[4], metavar="P",
+                        help="round 5, with --seeds: training speaker pairs per fold (4 = all "
+                        "8 speakers; 3 and 2 = 6 and 4 speakers, subsets drawn once per fold)")
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         print(f"{args.manifest}: not found (the EmoDB copy beside the project)", file=sys.stderr)
@@ -229,6 +293,8 @@ def main(argv=None) -> int:
             loaded[feature] = load(args.manifest, args.cache, feature)
         return loaded[feature]
 
+    if args.seeds is not None:
+        return round5(args, data)
     rows = []
     if args.screen:
         for name in args.screen:
@@ -281,6 +347,65 @@ def main(argv=None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                       "rows": rows}, indent=1))
+    return 0
+
+
+def _seed_summary(rows: list[dict], key: str) -> dict:
+    values = [r[key] for r in rows]
+    return {f"{key}_mean": round(float(np.mean(values)), 4),
+            f"{key}_worst": round(float(np.min(values)), 4),
+            "seeds": [r["seed"] for r in rows]}
+
+
+def round5(args, data) -> int:
+    """--seeds: every candidate over several seeds and training sizes; --screen: validation
+    only; --final: test rows, the logistic regression on the same subsets, and the fusion."""
+    import pandas as pd
+
+    names = args.screen or ["strong", *args.also]
+    rows = []
+    base_rows = {}
+    for pairs in args.pairs:
+        for name in names:
+            per_seed = []
+            for seed in args.seeds:
+                config = TrainConfig(**{**COMMON, **CANDIDATES[name], "seed": seed})
+                selection, features, labels, lengths, folds, groups = data(config.feature)
+                sessions = selection["session"].astype(str).to_numpy()
+                folds = subset_folds(folds, sessions, pairs=pairs)
+                results, cost = train(config, features, labels, lengths, folds, groups,
+                                      jobs=args.jobs)
+                row = {"recipe": name, "pairs": pairs, "speakers": 2 * pairs, "seed": seed,
+                       "val_ua": round(kept_validation_ua(results, labels), 4),
+                       **{k: round(v, 1) for k, v in cost.items()}}
+                if args.final:
+                    row.update(test_row(results, labels))
+                    if pairs not in base_rows:
+                        from serlib.baselines import fit_baseline_folds
+
+                        base_rows[pairs] = fit_baseline_folds(selection, model="logreg",
+                                                              folds=folds)
+                        y = np.concatenate([labels[f["test_idx"]] for f in base_rows[pairs]])
+                        p = np.concatenate([f["probabilities"].argmax(1)
+                                            for f in base_rows[pairs]])
+                        report = classification_report_dict(y, p, class_names=PAPER_CLASSES)
+                        base = {"recipe": "baseline logreg", "pairs": pairs,
+                                "speakers": 2 * pairs,
+                                **{k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}}
+                        print(json.dumps(base), flush=True)
+                        rows.append(base)
+                    fused, weights = fused_test_row(results, base_rows[pairs], labels)
+                    row.update({f"fused_{k}": v for k, v in fused.items()},
+                               fusion_weights=weights)
+                print(json.dumps(row), flush=True)
+                per_seed.append(row)
+                rows.append(row)
+            summary = {"recipe": name, "pairs": pairs, **_seed_summary(per_seed, "val_ua")}
+            if args.final:
+                summary.update(_seed_summary(per_seed, "ua"))
+                summary.update(_seed_summary(per_seed, "fused_ua"))
+            print(json.dumps({"summary": summary}), flush=True)
+    print(pd.DataFrame(rows).to_string())
     return 0
 
 

@@ -26,7 +26,8 @@ from serlib import __version__
 from serlib.errors import SerlibError
 
 #: Subcommands in pipeline order.
-COMMANDS = ("synth", "select", "features", "cv", "baseline", "grid", "book", "predict", "export")
+COMMANDS = ("synth", "select", "features", "cv", "baseline", "grid", "book", "predict", "export",
+            "fuse")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -123,6 +123,19 @@ class TrainConfig:
     imbalance_fraction: float = 0.5  # ... keeping this share of the training part (one total
                                    # size for every profile, so only the imbalance changes)
 
+    # --- training length in optimizer steps, and seed ensembles (issue 21); off by default
+    min_steps: int = 0             # > 0: at least this many optimizer steps (max of it and
+                                   # epochs x batches per epoch; the last epoch may be cut
+                                   # short), so a small corpus trains as long as a large one;
+                                   # the learning-rate schedule is then stepped per batch
+    warmup_steps: int = 0          # linear warm-up over this many optimizer steps (per-batch
+                                   # schedule); with warmup_epochs both add up
+    seed_ensemble: int = 1         # > 1: that many networks per fold, each trained alone with
+                                   # its own seed (initialisation, batch order, augmentation;
+                                   # member 0 is the single-seed run), on the same fitting and
+                                   # validation split; predictions are their mean
+                                   # probabilities. Costs seed_ensemble x the training time
+
     def __post_init__(self):
         checks = {
             "feature": self.feature in ("spectrogram", "mfcc"),
@@ -171,6 +184,9 @@ class TrainConfig:
             "imbalance": is_imbalance_profile(self.imbalance),
             "imbalance_fraction": _finite(self.imbalance_fraction)
             and 0 < self.imbalance_fraction <= 1,
+            "min_steps": _count(self.min_steps),
+            "warmup_steps": _count(self.warmup_steps),
+            "seed_ensemble": _count(self.seed_ensemble) and self.seed_ensemble >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -181,6 +197,22 @@ class TrainConfig:
                 f"TrainConfig.class_weights={self.class_weights!r} and an explicit alpha "
                 "both weight the classes: give one of them"
             )
+
+        if self.seed_ensemble > 1 and self.ensemble > 1:
+            raise SerlibError(
+                f"TrainConfig.seed_ensemble={self.seed_ensemble} and ensemble={self.ensemble}: "
+                "give one of them (a seed ensemble of side-by-side ensembles is not supported)")
+
+    @property
+    def members(self) -> int:
+        """Networks per fold: ``ensemble`` (trained side by side) or ``seed_ensemble``."""
+        return max(self.ensemble, self.seed_ensemble)
+
+    @property
+    def step_schedule(self) -> bool:
+        """Whether the learning-rate schedule is stepped per batch (``min_steps`` or
+        ``warmup_steps`` set) instead of per epoch."""
+        return self.min_steps > 0 or self.warmup_steps > 0
 
     @property
     def needs_lengths(self) -> bool:

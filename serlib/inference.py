@@ -31,7 +31,12 @@ it. The graph takes the **unnormalised** feature matrices, shape (batch, 1, F, T
 deviation inside (folds are normalised differently, so one normalised input cannot serve an
 ensemble); it returns the averaged probabilities, shape (batch, C). The JSON file records the
 feature config, every fold's normalisation and the class names, so onnxruntime can serve the
-model without torch (:meth:`Predictor.from_onnx`).
+model without torch (:meth:`Predictor.from_onnx`). A run trained on each clip's own frames
+(``own_frames``, the strong recipe) gives a graph with a second input, ``lengths`` (batch,),
+int64: each clip's own frames, as :func:`serlib.augment.clip_frames` computes them from its
+duration; the masked convolutions and pooling inside the graph ignore everything after them,
+as in training (format version 2). A seed ensemble (``seed_ensemble``) or an ensemble per fold
+(``ensemble``) is exported as its mean probabilities, like any fold model.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ from serlib.features.audio import audio_info, display_name
 #: Format of the JSON file written beside an exported ONNX model.
 ONNX_FORMAT = "serlib-onnx-ensemble"
 ONNX_FORMAT_VERSION = 1
-ONNX_INPUT, ONNX_OUTPUT = "features", "probabilities"
+#: The version of graphs with a second input, each clip's own frames (own-frame runs).
+ONNX_LENGTHS_VERSION = 2
+ONNX_INPUT, ONNX_OUTPUT, ONNX_LENGTHS = "features", "probabilities", "lengths"
 ONNX_OPSET = 18
 LONG_MODES = ("windows", "cut")
 #: Recordings longer than this (seconds) are decoded window by window (predict_file).
@@ -458,8 +465,8 @@ class Predictor:
         path = Path(path)
         meta_path = path.with_suffix(".json")
         meta = _read_json(meta_path, "ONNX model description")
-        if meta.get("format") != ONNX_FORMAT or meta.get("format_version") != \
-                ONNX_FORMAT_VERSION:
+        if meta.get("format") != ONNX_FORMAT or meta.get("format_version") not in \
+                (ONNX_FORMAT_VERSION, ONNX_LENGTHS_VERSION):
             raise SerlibError(f"{meta_path}: not a {ONNX_FORMAT} v{ONNX_FORMAT_VERSION} file "
                               f"(format={meta.get('format')!r}, "
                               f"format_version={meta.get('format_version')!r})")
@@ -477,9 +484,16 @@ class Predictor:
             raise SerlibError(f"{path}: onnxruntime cannot load it ({error})") from None
         feature_config = FeatureConfig.from_dict(meta["features"])
 
+        takes_lengths = meta.get("lengths") is not None
+
         def score(features: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
             x = np.ascontiguousarray(features, dtype=np.float32)[:, None]   # (N, 1, F, T)
-            return session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0]
+            feeds = {ONNX_INPUT: x}
+            if takes_lengths:
+                if lengths is None:
+                    lengths = np.full(len(x), x.shape[-1])
+                feeds[ONNX_LENGTHS] = np.asarray(lengths, dtype=np.int64)        # (N,)
+            return session.run([ONNX_OUTPUT], feeds)[0]
 
         predictor = cls(score=score, feature_config=feature_config,
                         class_names=meta["class_names"], folds=meta["folds"],
@@ -736,11 +750,13 @@ class Predictor:
             raise SerlibError(f"{self.source}: only a predictor built from a run can be "
                               "exported")
         config = self._ensemble.configs[0]
-        if config.own_frames or config.normalisation == "utterance":
-            # the graph takes whole padded matrices; these recipes also need each clip's length
-            raise SerlibError(f"{self.source}: trained with own_frames={config.own_frames}, "
-                              f"normalisation={config.normalisation!r}; ONNX export supports "
-                              "runs that see whole padded matrices (the paper recipe) only")
+        if config.normalisation == "utterance":
+            # each clip is normalised by its own statistics outside the model
+            raise SerlibError(f"{self.source}: trained with normalisation="
+                              f"{config.normalisation!r}; ONNX export supports runs normalised "
+                              "by their training part's statistics (normalisation='corpus') "
+                              "only")
+        own_frames = config.own_frames
         path = Path(path)
         if path.suffix != ".onnx":
             raise SerlibError(f"{path}: the ONNX file name must end in .onnx")
@@ -754,6 +770,10 @@ class Predictor:
         n_features, n_frames = self.feature_config.shape
         example = torch.randn(2, 1, n_features, n_frames, generator=torch.Generator()
                               .manual_seed(0)) * 10
+        # own-frame runs: each clip's own frames are a second input (the rest is masked)
+        example_lengths = torch.tensor([n_frames, max(1, n_frames // 3)], dtype=torch.int64)
+        inputs = (example, example_lengths) if own_frames else (example,)
+        names = [ONNX_INPUT, ONNX_LENGTHS] if own_frames else [ONNX_INPUT]
         batch = torch.export.Dim("batch", min=1)
         quiet = logging.getLogger("torch.onnx")
         level = quiet.level
@@ -762,21 +782,26 @@ class Predictor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
-                    module, (example,), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                    dynamic_shapes=({0: batch},), dynamo=True, opset_version=ONNX_OPSET,
-                    verbose=False)
+                    module, inputs, input_names=names, output_names=[ONNX_OUTPUT],
+                    dynamic_shapes=tuple({0: batch} for _ in inputs), dynamo=True,
+                    opset_version=ONNX_OPSET, verbose=False)
         finally:
             quiet.setLevel(level)
         with atomic_path(path) as tmp:
             program.save(str(tmp))
         meta = {
             "format": ONNX_FORMAT,
-            "format_version": ONNX_FORMAT_VERSION,
+            "format_version": ONNX_FORMAT_VERSION if not own_frames else ONNX_LENGTHS_VERSION,
             "input": {"name": ONNX_INPUT, "shape": ["batch", 1, n_features, n_frames],
                       "dtype": "float32", "normalised": False,
                       "description": "feature matrices as serlib.features.extract returns "
                                      "them (unnormalised); each fold's mean and std are "
                                      "applied inside the graph"},
+            "lengths": None if not own_frames else {
+                "name": ONNX_LENGTHS, "shape": ["batch"], "dtype": "int64",
+                "description": "each clip's own frames (1..T; serlib.augment.clip_frames of "
+                               "its duration): the network ignores the frames after them, as "
+                               "in training"},
             "output": {"name": ONNX_OUTPUT, "shape": ["batch", len(self.class_names)],
                        "description": "softmax probabilities averaged over the folds"},
             "class_names": list(self.class_names),
@@ -808,8 +833,12 @@ class Predictor:
                 pass
             else:
                 with torch.inference_mode():
-                    expected = module(example).numpy()
-                got = Predictor.from_onnx(path).predict_features(example[:, 0].numpy())
+                    expected = module(*inputs).numpy()
+                durations = None if not own_frames else (
+                    example_lengths.numpy() * self.feature_config.hop_length
+                    / self.feature_config.sample_rate)
+                got = Predictor.from_onnx(path).predict_features(example[:, 0].numpy(),
+                                                                 durations_s=durations)
                 diff = float(np.abs(got - expected).max())
                 if not math.isfinite(diff):
                     raise SerlibError(f"{path}: onnxruntime and torch disagree by {diff} "

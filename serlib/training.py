@@ -40,6 +40,9 @@ from serlib.metrics import classification_report_dict
 from serlib.models import Ensemble, ResNet18, build_model
 from serlib.splits import make_folds, validation_split
 
+#: Seed of seed-ensemble member m of a fold with seed s: s + m x this (member 0: s itself).
+SEED_ENSEMBLE_STRIDE = 100_003
+
 
 # ----------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
@@ -99,9 +102,24 @@ def _criterion(config: TrainConfig, weights: torch.Tensor | None = None):
                                              label_smoothing=smoothing)
 
 
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    """Per-epoch learning-rate schedule: cosine to 0 over ``epochs`` or constant, after a linear
-    warm-up of ``warmup_epochs`` (lr (k + 1) / (w + 1) in warm-up epoch k) when there is one."""
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, *,
+               total_steps: int | None = None, batches_per_epoch: int | None = None):
+    """Learning-rate schedule: cosine to 0 or constant, after a linear warm-up when there is
+    one (lr (k + 1) / (w + 1) in warm-up step or epoch k).
+
+    Per epoch (the default): cosine over ``epochs``, warm-up of ``warmup_epochs``. Per
+    optimizer step when ``config.step_schedule`` (``min_steps`` or ``warmup_steps``): cosine
+    over ``total_steps``, warm-up of ``warmup_steps + warmup_epochs x batches_per_epoch``
+    steps; the caller steps it after every batch."""
+    if config.step_schedule:
+        warmup = config.warmup_steps + config.warmup_epochs * batches_per_epoch
+        if warmup >= total_steps:
+            raise SerlibError(f"warm-up of {warmup} optimizer steps (warmup_steps="
+                              f"{config.warmup_steps}, warmup_epochs={config.warmup_epochs}) "
+                              f"is not shorter than the {total_steps} steps of training")
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: step_lr_factor(step, warmup=warmup, total=total_steps,
+                                                   schedule=config.schedule))
     warmup, epochs = config.warmup_epochs, config.epochs
     if warmup == 0:
         return (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
@@ -115,6 +133,36 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
         return 0.5 * (1 + np.cos(np.pi * (epoch - warmup) / (epochs - warmup)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """The learning-rate factor of optimizer step ``step`` (0-based) of a per-step schedule:
+    ``(step + 1) / (warmup + 1)`` during the warm-up, then 1 (``"constant"``) or a cosine
+    from 1 to 0 over the remaining ``total - warmup`` steps (``"cosine"``)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    return float(0.5 * (1 + np.cos(np.pi * min(step - warmup, total - warmup)
+                                   / (total - warmup))))
+
+
+def batches_per_epoch(n_clips: int, batch_size: int) -> int:
+    """Optimizer steps in one training epoch of ``n_clips`` clips: full batches, and the last
+    partial one when it holds at least 2 clips (batch norm cannot train on one)."""
+    return n_clips // batch_size + (1 if n_clips % batch_size >= 2 else 0)
+
+
+def training_steps(n_clips: int, config: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps, epochs) of training on ``n_clips`` clips: ``epochs`` x
+    :func:`batches_per_epoch`, or ``min_steps`` when that is more (then the last epoch is cut
+    short at exactly ``min_steps``). The same ``min_steps`` gives the same number of steps on
+    any corpus small enough to need them."""
+    per_epoch = batches_per_epoch(n_clips, config.batch_size)
+    if per_epoch < 1:
+        raise SerlibError(f"{n_clips} training clip(s): too few for one batch of 2 or more")
+    steps = max(config.epochs * per_epoch, config.min_steps)
+    return steps, math.ceil(steps / per_epoch)
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -308,16 +356,22 @@ def predict_proba(model: torch.nn.Module, data: _Batches, *, batch_size: int,
 
 def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: int,
                     generator: torch.Generator, device: torch.device, amp: bool = True,
-                    augment: _Augmenter | None = None, balanced: bool = False) -> float:
+                    augment: _Augmenter | None = None, balanced: bool = False,
+                    max_batches: int | None = None, step_scheduler=None) -> float:
     """One pass over ``data`` in a seeded random order (bf16 autocast on CUDA when ``amp``);
     returns the mean training loss. ``balanced``: the epoch is
-    :meth:`_Batches.balanced_order` instead; ``augment``: applied to every batch."""
+    :meth:`_Batches.balanced_order` instead; ``augment``: applied to every batch;
+    ``max_batches``: stop after that many optimizer steps; ``step_scheduler``: stepped after
+    every optimizer step (a per-step learning-rate schedule)."""
     model.train()
     # summed on the device and read once per epoch: no host sync per step on CUDA
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     order = data.balanced_order(generator) if balanced else None
-    for xb, yb, lb in data.iterate(batch_size, generator=generator, order=order):
+    for step, (xb, yb, lb) in enumerate(data.iterate(batch_size, generator=generator,
+                                                     order=order)):
+        if max_batches is not None and step >= max_batches:
+            break
         y_other = None
         if augment is not None:
             xb, lb, y_other, lam = augment(xb, yb, lb)
@@ -333,6 +387,8 @@ def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         total += loss.detach().double() * len(yb) / len(logits)   # per member
         count += len(yb)
     return float(total) / max(count, 1)
@@ -365,7 +421,8 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     -------
     dict
         ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
-        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``n_fit``, ``n_val``.
+        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``val_idx`` and
+        ``val_probabilities`` (n_val, C: the kept model's), ``n_fit``, ``n_val``.
     """
     from tqdm import tqdm
 
@@ -403,27 +460,59 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                         own_frames=config.own_frames)
 
     fit, val, test = batches(fit_idx), batches(val_idx), batches(test_idx)
-
-    model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
-                        pooling=config.pooling, dropout=config.dropout, members=config.ensemble)
-    model = model.to(device, memory_format=torch.channels_last)
-    optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config)
     weights = None
     if config.class_weights != "none":                      # from the fitting part only
         weights = class_weights(labels[fit_idx], n_classes=len(PAPER_CLASSES),
                                 kind=config.class_weights, beta=config.beta).to(device)
     criterion = _criterion(config, weights)
-    augment = _Augmenter(config, seed=seed) if _Augmenter.wanted(config) else None
+    total_steps, n_epochs = training_steps(len(fit), config)
 
-    bar = tqdm(range(1, config.epochs + 1), desc=f"fold {fold}", unit="epoch",
-               disable=not progress, leave=False)
-    with _kernel_settings(device):
-        history, best = _train_epochs(model, fit, val, bar, optimizer=optimizer,
-                                      scheduler=scheduler, criterion=criterion, config=config,
-                                      generator=generator, device=device, fold=fold,
-                                      augment=augment)
+    # a seed ensemble: each member trained alone with its own seed (member 0 = this seed)
+    states, optimizers, history, epochs_kept = [], [], [], []
+    for member in range(config.seed_ensemble):
+        member_seed = seed + SEED_ENSEMBLE_STRIDE * member
+        if member:
+            torch.manual_seed(member_seed)
+            generator = torch.Generator().manual_seed(member_seed)
+        model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
+                            pooling=config.pooling, dropout=config.dropout,
+                            members=config.ensemble)
+        model = model.to(device, memory_format=torch.channels_last)
+        optimizer = _optimizer(model, config)
+        scheduler = _scheduler(optimizer, config, total_steps=total_steps,
+                               batches_per_epoch=batches_per_epoch(len(fit),
+                                                                   config.batch_size))
+        augment = _Augmenter(config, seed=member_seed) if _Augmenter.wanted(config) else None
+        name = f"fold {fold}" + (f" seed {member + 1}/{config.seed_ensemble}"
+                                 if config.seed_ensemble > 1 else "")
+        bar = tqdm(range(1, n_epochs + 1), desc=name, unit="epoch",
+                   disable=not progress, leave=False)
+        with _kernel_settings(device):
+            member_history, best = _train_epochs(
+                model, fit, val, bar, optimizer=optimizer, scheduler=scheduler,
+                criterion=criterion, config=config, generator=generator, device=device,
+                fold=fold, augment=augment, total_steps=total_steps)
+        if config.seed_ensemble > 1:
+            for row in member_history:
+                row["member"] = member
+        history.extend(member_history)
+        states.append(best["state"])
+        optimizers.append(best["optimizer"])
+        epochs_kept.append(best["epoch"])
+    if config.seed_ensemble > 1:
+        model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
+                            pooling=config.pooling, dropout=config.dropout,
+                            members=config.seed_ensemble)
+        model = model.to(device, memory_format=torch.channels_last)
+        for member, state in zip(model.members, states, strict=True):
+            member.load_state_dict(state)
+        state = model.state_dict()
+        optimizer_state = {"members": optimizers}
+        best_epoch = epochs_kept[0]                         # member 0's (the others' in history)
+    else:
         model.load_state_dict(best["state"])
+        state, optimizer_state, best_epoch = best["state"], best["optimizer"], best["epoch"]
+    with _kernel_settings(device):
         probabilities = predict_proba(model, test, batch_size=2 * config.batch_size,
                                       device=device, amp=config.amp,
                                       crop_frames=config.crop_frames)
@@ -434,11 +523,11 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     _check_finite_probabilities(probabilities, config=config, fold=fold)
     return {
         # on the CPU, so that a checkpoint written on a GPU loads anywhere
-        "state": _to_cpu(best["state"]),
-        "optimizer": _to_cpu(best["optimizer"]),
+        "state": _to_cpu(state),
+        "optimizer": _to_cpu(optimizer_state),
         "mean": mean, "std": std,
         "history": history,
-        "best_epoch": best["epoch"],
+        "best_epoch": best_epoch,
         "probabilities": probabilities,
         "val_idx": np.asarray(val_idx), "val_probabilities": val_probabilities,
         "n_fit": len(fit_idx), "n_val": len(val_idx),
@@ -458,23 +547,32 @@ def _to_cpu(value):
 
 def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, scheduler, criterion,
                   config: TrainConfig, generator: torch.Generator, device: torch.device,
-                  fold: int, augment: _Augmenter | None = None) -> tuple[list[dict], dict]:
+                  fold: int, augment: _Augmenter | None = None,
+                  total_steps: int | None = None) -> tuple[list[dict], dict]:
     """The epoch loop: train, score the validation part, keep the best epoch by validation UA,
     stop after ``config.patience`` epochs without a better one. ``select_epoch="last"``: the
-    final epoch's weights instead, and no early stop (the paper's fixed number of epochs)."""
+    final epoch's weights instead, and no early stop (the paper's fixed number of epochs).
+    ``total_steps``: stop after that many optimizer steps (the last epoch cut short); with
+    ``config.step_schedule`` the scheduler is stepped per batch."""
     history, best = [], {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
     last = config.select_epoch == "last"
+    per_step = scheduler if config.step_schedule else None
+    per_epoch_size = batches_per_epoch(len(fit), config.batch_size)
+    steps = 0
     for epoch in bar:
         lr = optimizer.param_groups[0]["lr"]
+        todo = None if total_steps is None else min(per_epoch_size, total_steps - steps)
         train_loss = train_one_epoch(model, fit, optimizer=optimizer, criterion=criterion,
                                      batch_size=config.batch_size, generator=generator,
                                      device=device, amp=config.amp, augment=augment,
-                                     balanced=config.sampler == "balanced")
+                                     balanced=config.sampler == "balanced",
+                                     max_batches=todo, step_scheduler=per_step)
+        steps += per_epoch_size if todo is None else todo
         if not math.isfinite(train_loss):
             raise SerlibError(_non_finite_message(train_loss, config=config, fold=fold,
                                                   epoch=epoch))
         _check_finite_weights(model, config=config, fold=fold, epoch=epoch)
-        if scheduler is not None:
+        if scheduler is not None and per_step is None:
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
                               amp=config.amp, crop_frames=config.crop_frames)
@@ -485,7 +583,7 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
                                             class_names=PAPER_CLASSES)
         history.append({"fold": fold, "epoch": epoch, "train_loss": train_loss,
                         "val_loss": val_loss, "val_wa": report["wa"], "val_ua": report["ua"],
-                        "lr": lr})
+                        "lr": lr, **({"steps": steps} if config.min_steps else {})})
         bar.set_postfix(loss=f"{train_loss:.3f}", val_ua=f"{report['ua']:.3f}")
         if last:
             continue
@@ -916,7 +1014,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location="cpu"
         config = TrainConfig.from_dict(checkpoint["train_config"])
         model = build_model(n_classes=len(checkpoint["class_names"]), width=config.width,
                             pooling=config.pooling, dropout=config.dropout,
-                            members=config.ensemble)
+                            members=config.members)
         model.load_state_dict(checkpoint["model"])
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
         raise SerlibError(f"{path}: not a loadable serlib checkpoint "
@@ -1029,5 +1127,6 @@ __all__ = [
     "selection_fingerprint",
     "summarise",
     "train_fold",
+    "training_steps",
 ]
 

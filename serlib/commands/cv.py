@@ -8,8 +8,8 @@ from serlib.commands import add_folds_arguments, add_run_folder_arguments
 #: argparse default is None ("not given"), so that a recipe fills only what was not given.
 TRAIN_FLAGS = ("feature", "loss", "gamma", "alpha", "protocol", "folds", "epochs", "width",
                "batch_size", "optimizer", "lr", "weight_decay", "patience", "class_weights",
-               "beta", "sampler", "select_epoch", "imbalance", "imbalance_fraction", "seed",
-               "device")
+               "beta", "sampler", "select_epoch", "imbalance", "imbalance_fraction", "min_steps",
+               "seed_ensemble", "seed", "device")
 
 
 def add_parser(subparsers):
@@ -58,6 +58,12 @@ def add_parser(subparsers):
     parser.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
                         help="training recipe (serlib.config.RECIPES); flags not given take "
                         "the recipe's values, a flag given always wins")
+    parser.add_argument("--min-steps", type=int, default=None,
+                        help="train at least this many optimizer steps (0: epochs only); the "
+                        "learning-rate schedule is then stepped per batch")
+    parser.add_argument("--seed-ensemble", type=int, default=None,
+                        help="networks per fold, each trained alone with its own seed; "
+                        "predictions are their mean (costs that many times the training)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-amp", action="store_true",

@@ -11,7 +11,9 @@ def add_parser(subparsers):
         "unnormalised feature matrices (batch, 1, F, T) as serlib computes them; each fold's "
         "mean and std are applied inside the graph; output 'probabilities' (batch, C), averaged "
         "over the folds. A JSON file beside it (same name, .json) holds the feature config, the "
-        "normalisation and the class names. Predictor.from_onnx serves it with onnxruntime.",
+        "normalisation and the class names. Predictor.from_onnx serves it with onnxruntime. Runs "
+        "trained on each clip's own frames (the strong recipe) take a second input, 'lengths' "
+        "(batch,): each clip's own frames; seed ensembles export as their mean probabilities.",
     )
     parser.add_argument("--run", required=True, help="run folder (serlib cv)")
     parser.add_argument("--onnx", required=True, help="the .onnx file to write")

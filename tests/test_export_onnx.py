@@ -1,0 +1,84 @@
+"""ONNX export of the runs the book recommends: own-frame, mean+std-pooled strong-recipe runs
+and seed ensembles; the ONNX predictor equals the torch predictor on the run's test clips."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from serlib.cli import main
+from serlib.features import extract_file
+from serlib.inference import Predictor
+from serlib.training import TrainConfig, run_cross_validation
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def strong_run(selection, out, **overrides):
+    config = TrainConfig.from_recipe("strong", folds=2, epochs=1, width=4, batch_size=16,
+                                     device="cpu", **overrides)
+    assert config.own_frames and config.pooling == "meanstd"
+    run_cross_validation(selection, config=config, out_dir=out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def strong_runs(synthetic_selection, tmp_path_factory):
+    """A tiny own-frame strong-recipe run, and a 2-seed ensemble of it, by seed_ensemble."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    return {n: strong_run(synthetic_selection, tmp_path_factory.mktemp(f"strong{n}"),
+                          seed_ensemble=n) for n in (1, 2)}
+
+
+@pytest.mark.parametrize("seed_ensemble", [1, 2])
+def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, strong_runs,
+                                                       tmp_path, seed_ensemble):
+    run_dir = strong_runs[seed_ensemble]
+    path = tmp_path / "strong.onnx"
+    assert main(["export", "--run", str(run_dir), "--onnx", str(path)]) == 0
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["lengths"]["name"] == "lengths" and meta["format_version"] == 2
+    assert meta["train_config"]["seed_ensemble"] == seed_ensemble
+
+    # the run's test clips, at their own lengths (short clips: most of the matrix is padding)
+    torch_predictor, onnx_predictor = Predictor.from_run(run_dir), Predictor.from_onnx(path)
+    tested = pd.read_csv(run_dir / "predictions.csv")["utterance_id"]
+    rows = synthetic_selection.set_index("utterance_id").loc[tested]
+    features = np.stack([extract_file(p, config=torch_predictor.feature_config)
+                         for p in rows["path"]])
+    durations = rows["duration_s"].to_numpy()
+    want = torch_predictor.predict_features(features, durations_s=durations)
+    got = onnx_predictor.predict_features(features, durations_s=durations)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # the lengths matter: the same matrices seen whole give other probabilities
+    whole = onnx_predictor.predict_features(features)
+    assert np.abs(whole - got).max() > 1e-3
+    np.testing.assert_allclose(whole, torch_predictor.predict_features(features), atol=1e-5,
+                               rtol=0)
+
+
+def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_selection,
+                                                                      strong_runs, tmp_path):
+    """The exported fold model gives the run's own test probabilities (predictions.csv)."""
+    run_dir = strong_runs[1]
+    path = tmp_path / "fold1.onnx"
+    assert main(["export", "--run", str(run_dir), "--onnx", str(path), "--folds", "1"]) == 0
+    predictor = Predictor.from_onnx(path)
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    rows = predictions[predictions["fold"] == 1]
+    paths = synthetic_selection.set_index("utterance_id")["path"]
+    for row in rows.head(4).itertuples():
+        got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities
+        want = [getattr(row, f"p_{c}") for c in predictor.class_names]
+        np.testing.assert_allclose(got, want, atol=1e-5)
