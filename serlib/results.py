@@ -247,15 +247,17 @@ def plot_learning_curves(run: Run):
     history = run.history.assign(fold=run.history["fold"].astype(str),
                                  val_ua_percent=100 * run.history["val_ua"])
     sns.lineplot(data=history, x="epoch", y="train_loss", hue="fold", ax=axes[0], legend=False,
-                 marker="o", markersize=4)
+                 marker="o", markersize=5)
     sns.lineplot(data=history, x="epoch", y="val_ua_percent", hue="fold", ax=axes[1],
-                 marker="o", markersize=4)
+                 marker="o", markersize=5)
     axes[0].set(title=f"{run.name}: training loss", xlabel="epoch",
                 ylabel=f"{run.loss} loss (per clip)")
     axes[1].set(title=f"{run.name}: validation UA", xlabel="epoch", ylabel="UA (%)")
     axes[1].legend(title="fold", loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    last = int(history["epoch"].max())
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     return fig
 
 

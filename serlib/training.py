@@ -1106,7 +1106,10 @@ def format_summary(summary: dict) -> str:
         f"({summary['n_utterances']} utterances, width {summary['width']}):\n"
         f"  WA {100 * summary['wa_mean']:.1f} +- {100 * summary['wa_std']:.1f} %   "
         f"UA {100 * summary['ua_mean']:.1f} +- {100 * summary['ua_std']:.1f} %\n"
-        f"  device {summary['device']}, commit {summary['commit']}"
+        f"  device {summary['device']}"
+        + (f", {summary['wall_seconds']:.0f} s of training"
+           if summary.get("wall_seconds") is not None else "")
+        + f", commit {summary['commit']}"
     )
 
 
