@@ -29,7 +29,7 @@ def test_shipped_profiles_are_valid(name):
     assert first_seed == [f"{f}_{loss}" for f, loss in PAPER_GRID] + ["spectrogram_focal_strong"]
     assert profile.requires_data_root == (name == "paper")
     # every profile trains both studies and the logistic-regression baseline
-    assert set(profile.studies) == {"leakage", "imbalance"}
+    assert set(profile.studies) == {"leakage", "imbalance", "controlled_imbalance"}
     assert "logreg" in profile.baselines
     study = [run for run, _ in profile.all_runs() if run.startswith("session/")]
     assert any("class_weights-inverse" in run for run in study)
