@@ -143,9 +143,10 @@ def test_staging_expands_training_pages(tmp_path):
                                    "selection": "/s.csv", "cache": "/c", "runs": "/r"})
     assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
     assert pages[0] == "02_data_selection"
-    assert pages[-4:] == ["06_results", "07_speaker_leakage", "08_imbalance",
-                          "09_using_the_model"]
-    study = plan[-2][2]
+    assert pages[-6:] == ["06_results", "07_speaker_leakage", "08_imbalance",
+                          "08b_calibration", "08c_controlled_imbalance", "09_using_the_model"]
+    assert plan[-2][2]["selection_path"] == "/s.csv"        # which profiles the corpus can give
+    study = plan[-4][2]
     assert study["studies"] == profile.studies and study["runs_dir"] == "/r"
     assert plan[-1][2]["run_name"] == "mfcc_focal" and plan[-1][2]["data_root"] == "/d"
     mfcc_focal = next(p for _, page, p in plan if page == "05_training_mfcc_focal")
