@@ -237,8 +237,8 @@ def remedy_of(row) -> str:
 
 def imbalance_curve(rows, runs: dict[str, list[Run]]) -> pd.DataFrame:
     """UA and minority recall per (remedy, imbalance profile): mean over seeds x folds with a
-    descriptive 95 % t interval over them. Columns: remedy, profile, ratio, measure, mean,
-    low, high, n."""
+    descriptive 95 % t interval over them (cut to [0, 1]). Columns: remedy, profile, ratio,
+    measure, mean, low, high, n."""
     from scipy import stats as sps
 
     from serlib.imbalance import imbalance_ratio
@@ -254,7 +254,8 @@ def imbalance_curve(rows, runs: dict[str, list[Run]]) -> pd.DataFrame:
                 if len(v) > 1 else 0.0
             out.append({"remedy": remedy_of(row), "profile": profile,
                         "ratio": imbalance_ratio(profile), "measure": measure,
-                        "mean": v.mean(), "low": v.mean() - half, "high": v.mean() + half,
+                        "mean": v.mean(), "low": max(0.0, v.mean() - half),  # recalls
+                        "high": min(1.0, v.mean() + half),
                         "n": len(v)})
     return pd.DataFrame(out)
 

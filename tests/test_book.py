@@ -29,7 +29,7 @@ def test_shipped_profiles_are_valid(name):
     assert first_seed == [f"{f}_{loss}" for f, loss in PAPER_GRID] + ["spectrogram_focal_strong"]
     assert profile.requires_data_root == (name == "paper")
     # every profile trains both studies and the logistic-regression baseline
-    assert set(profile.studies) == {"leakage", "imbalance"}
+    assert set(profile.studies) == {"leakage", "imbalance", "controlled_imbalance"}
     assert "logreg" in profile.baselines
     study = [run for run, _ in profile.all_runs() if run.startswith("session/")]
     assert any("class_weights-inverse" in run for run in study)
@@ -148,9 +148,10 @@ def test_staging_expands_training_pages(tmp_path):
                                    "selection": "/s.csv", "cache": "/c", "runs": "/r"})
     assert emodb[0][2]["corpus"] == "emodb" and emodb[0][2]["data_root"] == "/d"
     assert pages[0] == "02_data_selection"
-    assert pages[-5:] == ["06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
-                          "09_using_the_model"]
-    study = plan[-2][2]
+    assert pages[-7:] == ["06_results", "06b_verdicts", "07_speaker_leakage", "08_imbalance",
+                          "08b_calibration", "08c_controlled_imbalance", "09_using_the_model"]
+    assert plan[-2][2]["selection_path"] == "/s.csv"        # which profiles the corpus can give
+    study = plan[-4][2]
     assert study["studies"] == profile.studies and study["runs_dir"] == "/r"
     assert plan[-1][2]["run_name"] == "mfcc_focal" and plan[-1][2]["data_root"] == "/d"
     mfcc_focal = next(p for _, page, p in plan if page == "05_training_mfcc_focal")

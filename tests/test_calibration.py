@@ -193,6 +193,7 @@ def test_paired_verdicts_and_their_intervals_agree():
     assert noise.detectable > 0
 
 
+@pytest.mark.slow
 def test_focal_against_softmax_pairs_on_folds(tiny_run, synthetic_selection, tmp_path):
     from serlib.calibration_report import calibration_verdict
     from serlib.results import load_run

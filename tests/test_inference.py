@@ -96,7 +96,8 @@ def test_ensemble_is_the_mean_of_the_fold_models(tiny_run, recordings):
 
 
 def test_features_and_normalisation_are_the_runs(tiny_run, recordings):
-    predictor = Predictor.from_run(tiny_run, folds=[1])
+    # uncalibrated: the softmax of the logits as trained (no fitted temperature)
+    predictor = Predictor.from_run(tiny_run, folds=[1], calibrated=False)
     config = json.loads((tiny_run / "config.json").read_text())
     assert predictor.feature_config == FeatureConfig.from_dict(config["features"])
     # by hand: the fold's checkpoint, its normalisation, softmax of the logits
