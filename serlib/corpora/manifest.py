@@ -10,7 +10,7 @@ import pandas as pd
 from serlib._io import read_text_csv
 from serlib.corpora.iemocap import COLUMNS, as_corpus_table
 from serlib.errors import SerlibError
-from serlib.features.audio import audio_info
+from serlib.features.audio import audio_info, display_name
 
 REQUIRED_COLUMNS = ("path", "label", "speaker")
 
@@ -56,8 +56,9 @@ def load_manifest(csv_path: str | os.PathLike) -> pd.DataFrame:
         wav = wav if wav.is_absolute() else base / wav
         try:
             _, _, duration = audio_info(wav)
-        except SerlibError as error:
-            raise SerlibError(f"{where}: {error}") from None
+        except SerlibError as error:   # "PATH: reason": the path said once
+            reason = str(error).removeprefix(f"{display_name(wav)}: ")
+            raise SerlibError(f"{where}: cannot read audio file {wav}: {reason}") from None
         session = record.get("session", "").strip()
         if session and not session.isdigit():
             raise SerlibError(f"{where}: session must be an integer, got {session!r}")
