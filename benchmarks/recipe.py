@@ -280,6 +280,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, nargs="+", default=[4], metavar="P",
                         help="round 5, with --seeds: training speaker pairs per fold (4 = all "
                         "8 speakers; 3 and 2 = 6 and 4 speakers, subsets drawn once per fold)")
+    parser.add_argument("--skip-strong", action="store_true",
+                        help="round 5, --final: only the --also candidates (strong scored "
+                        "already)")
     args = parser.parse_args(argv)
     if not args.manifest.is_file():
         print(f"{args.manifest}: not found (the EmoDB copy beside the project)", file=sys.stderr)
@@ -362,7 +365,7 @@ def round5(args, data) -> int:
     only; --final: test rows, the logistic regression on the same subsets, and the fusion."""
     import pandas as pd
 
-    names = args.screen or ["strong", *args.also]
+    names = args.screen or (["strong"] * (not args.skip_strong) + list(args.also))
     rows = []
     base_rows = {}
     for pairs in args.pairs:
