@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ def batched_unsupported(config: TrainConfig) -> str | None:
         reasons.append(f"dropout={config.dropout:g} (draws from torch's global random state)")
     if config.pooling != "mean":
         reasons.append(f"pooling={config.pooling!r}")
+    if config.step_schedule:
+        reasons.append("its learning-rate schedule is stepped per batch (min_steps or "
+                       "warmup_steps)")
+    if config.seed_ensemble != 1:
+        reasons.append(f"seed_ensemble={config.seed_ensemble} (several networks per fold)")
     return "; ".join(reasons) or None
 
 
@@ -241,6 +247,7 @@ class _Trainee:
         self.steps = 0                       # training forwards (= batch norm's counter)
         self.epoch = 0
         self.done = False
+        self.member_started = time.perf_counter()
 
     # one epoch, in pieces driven by the group
     def start_epoch(self) -> None:
@@ -291,6 +298,8 @@ class _Trainee:
         if not math.isfinite(train_loss):
             raise SerlibError(training._non_finite_message(
                 train_loss, config=config, fold=self.member.fold, epoch=self.epoch))
+        training._check_finite_weights(self.model, config=config, fold=self.member.fold,
+                                       epoch=self.epoch)
         if self.scheduler is not None:
             self.scheduler.step()
         val_y = self.val.y.cpu()
@@ -326,6 +335,12 @@ class _Trainee:
         probabilities = training.predict_proba(self.model, self.test,
                                                batch_size=2 * config.batch_size,
                                                device=self.device, amp=config.amp)
+        training._check_finite_probabilities(probabilities, config=config,
+                                             fold=self.member.fold)
+        # the kept epoch's validation predictions: what temperature scaling is fitted on
+        val_probabilities = training.predict_proba(self.model, self.val,
+                                                   batch_size=2 * config.batch_size,
+                                                   device=self.device, amp=config.amp)
         test_idx = np.asarray(self.member.test_idx)
         metrics = classification_report_dict(self.member.labels[test_idx],
                                              probabilities.argmax(axis=1),
@@ -334,8 +349,11 @@ class _Trainee:
                 "optimizer": training._to_cpu(self.best["optimizer"]),
                 "mean": self.mean, "std": self.std, "history": self.history,
                 "best_epoch": self.best["epoch"], "probabilities": probabilities,
+                "val_idx": np.asarray(self.val_idx), "val_probabilities": val_probabilities,
                 "n_fit": len(self.fit_idx), "n_val": len(self.val_idx),
-                "fold": self.member.fold, "test_idx": test_idx, "metrics": metrics}
+                "fold": self.member.fold, "test_idx": test_idx, "metrics": metrics,
+                # the group's wall time until this member ended (members share the steps)
+                "train_seconds": time.perf_counter() - self.member_started}
 
 
 # ----------------------------------------------------------------------------- the group's loop
