@@ -70,10 +70,12 @@ def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, stro
 
 def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_selection,
                                                                       strong_runs, tmp_path):
-    """The exported fold model gives the run's own test probabilities (predictions.csv)."""
+    """The exported fold model, uncalibrated, gives the run's own test probabilities
+    (predictions.csv)."""
     run_dir = strong_runs[1]
     path = tmp_path / "fold1.onnx"
-    assert main(["export", "--run", str(run_dir), "--onnx", str(path), "--folds", "1"]) == 0
+    assert main(["export", "--run", str(run_dir), "--onnx", str(path), "--folds", "1",
+                 "--uncalibrated"]) == 0
     predictor = Predictor.from_onnx(path)
     predictions = pd.read_csv(run_dir / "predictions.csv")
     rows = predictions[predictions["fold"] == 1]

@@ -19,6 +19,10 @@ def add_parser(subparsers):
     parser.add_argument("--onnx", required=True, help="the .onnx file to write")
     parser.add_argument("--folds", type=int, nargs="+", default=None, metavar="K",
                         help="fold models to include (default: all)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="leave out the folds' fitted temperatures: the raw probabilities, "
+                        "as in the run's predictions.csv (default: calibrated when the run "
+                        "kept its validation predictions)")
     parser.add_argument("--no-check", action="store_true",
                         help="do not compare onnxruntime's output with torch's")
     parser.set_defaults(func=run)
@@ -66,7 +70,8 @@ def run(args) -> int:
     from serlib.inference import Predictor
 
     check_export_targets(args.run, args.onnx)
-    predictor = Predictor.from_run(args.run, folds=args.folds, device="cpu")
+    predictor = Predictor.from_run(args.run, folds=args.folds, device="cpu",
+                                   calibrated=not args.uncalibrated)
     meta = predictor.to_onnx(args.onnx, check=not args.no_check)
     n_features, n_frames = predictor.feature_config.shape
     print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}: "
