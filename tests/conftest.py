@@ -53,3 +53,16 @@ def built_book(tmp_path_factory) -> Path:
         assert (html / "index.html").is_file(), f"SERLIB_BOOK_HTML={given} has no index.html"
         return html
     return build_book(profile="tiny", out_dir=tmp_path_factory.mktemp("book"), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one intra-op thread for a module's tests: tiny networks train faster, and are
+    immune to a busy machine's OpenMP spin-waits (2 threads made them 5-20x slower under
+    load). Modules ask for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

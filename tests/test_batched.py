@@ -25,12 +25,7 @@ ARRAYS = TrainConfig(feature="mfcc", folds=3, epochs=3, width=4, batch_size=16, 
 RUN = TrainConfig(feature="mfcc", folds=3, epochs=2, width=4, batch_size=8, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

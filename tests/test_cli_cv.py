@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-import torch
 
 from serlib.cli import main
 from serlib.corpora import write_selection
@@ -18,12 +17,7 @@ RUN_FILES = ("config.json", "summary.json", "predictions.csv", "history.csv")
 FOLD_FILES = ("checkpoint.pt", "metrics.json", "predictions.csv", "history.csv")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: faster, and robust to a busy machine
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 def test_cv_command_and_rerun(synthetic_selection, tmp_path, capsys):

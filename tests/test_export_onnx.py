@@ -8,20 +8,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from serlib.cli import main
 from serlib.features import extract_file
 from serlib.inference import Predictor
 from serlib.training import TrainConfig, run_cross_validation
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 def strong_run(selection, out, **overrides):

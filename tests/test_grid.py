@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from serlib import runs as run_folders
 from serlib.errors import SerlibError
@@ -27,12 +26,7 @@ RUNS = [("mfcc_focal", BASE),
         ("mfcc_softmax", TrainConfig(**{**BASE.to_dict(), "loss": "softmax"}))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)   # the local engine's workers run 1 thread each on 2 cores
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ REFERENCE, PINNED_ENV = fold_script.REFERENCE, fold_script.PINNED_ENV
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 def arrays(n=48, seed=0):

@@ -26,12 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=1, width=2, batch_size=8, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from serlib.errors import SerlibError
 from serlib.models import Ensemble
 from serlib.training import TrainConfig, load_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 def arrays(n, seed=0):

@@ -18,14 +18,7 @@ from serlib.training import TrainConfig, load_checkpoint, run_cross_validation
 CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=2, width=4, batch_size=16, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny networks: one intra-op thread is faster, and immune to a busy machine's
-    # OpenMP spin-waits (2 threads made these tests 5-20x slower under load)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")
