@@ -265,7 +265,7 @@ def plot_imbalance_curve(curve: pd.DataFrame, *, title: str = ""):
     per remedy with its descriptive 95 % interval. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)
     for ax, measure in zip(axes, ("UA", "minority recall"), strict=True):
         part = curve[curve["measure"] == measure]
         for i, (remedy, line) in enumerate(part.groupby("remedy", sort=False)):
@@ -281,10 +281,11 @@ def plot_imbalance_curve(curve: pd.DataFrame, *, title: str = ""):
         ax.minorticks_off()
         ax.set(xlabel="majority / minority class share (training part)",
                ylabel=f"{measure} %", title=measure)
-    axes[1].legend(fontsize=8, loc="best")
+    # one legend below the panels, never over a line
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 

@@ -52,9 +52,11 @@ LITERATURE = (
 #: The corpora on which the strong recipe (serlib.config.RECIPES) was chosen.
 RECIPE_CHOSEN_ON = ("emodb",)
 
-COLUMNS = ("claim", "by", "the paper says", "corpus", "protocol", "metric",
-           "effect [CI] (points)", "p (one-sided)", "p (Holm)", "MDE (points)", "verdict",
-           "holds after Holm", "chapter", "note")
+#: Verdict beside its effect, so that a reader at 1280 px sees both before the table scrolls;
+#: corpus, protocol and the paper's words after them.
+COLUMNS = ("claim", "by", "metric", "effect [CI] (points)", "verdict", "p (one-sided)",
+           "p (Holm)", "holds after Holm", "MDE (points)", "corpus", "protocol",
+           "the paper says", "chapter", "note")
 
 
 @dataclass
