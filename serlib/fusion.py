@@ -29,7 +29,6 @@ run folder by :func:`write_fused_run` (the layout of :func:`serlib.posthoc.write
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -222,20 +221,9 @@ def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS) 
                 "log-loss, then nearest 0.5",
     }
 
-    def mean_std(key):
-        v = np.array([m[key] for m in folds])
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    from serlib.posthoc import derived_run
 
-    summary = copy.deepcopy(deep.summary)
-    summary.update({
-        "wa_mean": mean_std("wa")[0], "wa_std": mean_std("wa")[1],
-        "ua_mean": mean_std("ua")[0], "ua_std": mean_std("ua")[1],
-        "macro_f1_mean": mean_std("macro_f1")[0], "folds": folds,
-        "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
-        "fusion": fusion})
-    config = {**copy.deepcopy(deep.config), "fusion": fusion}
-    return Run(path=deep.path, summary=summary, config=config, folds=folds, predictions=preds,
-               history=deep.history.copy())
+    return derived_run(deep, folds=folds, predictions=preds, key="fusion", record=fusion)
 
 
 def write_fused_run(run: Run, out_dir: str | os.PathLike) -> Path:

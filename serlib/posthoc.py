@@ -118,10 +118,18 @@ def logit_adjust(run: Run | str | os.PathLike, *, tau: float = 1.0) -> Run:
         folds.append({"fold": k, **metrics, **keep})
     posthoc = {"method": "logit_adjustment", "tau": float(tau), "source": str(run.path),
                "priors": "class shares of each fold's training part (all other folds)"}
-    summary = copy.deepcopy(run.summary)
+    return derived_run(run, folds=folds, predictions=preds, key="posthoc", record=posthoc)
 
-    def mean_std(key):
-        v = np.array([m[key] for m in folds])
+
+def derived_run(source: Run, *, folds: list[dict], predictions: pd.DataFrame, key: str,
+                record: dict) -> Run:
+    """A run computed from ``source``'s predictions (no training): its fold ``metrics``,
+    ``predictions`` and the summary's means recomputed from them, and ``record`` (what was
+    done) kept under ``key`` in both the summary and the config (``"posthoc"``, ``"fusion"``)."""
+    summary = copy.deepcopy(source.summary)
+
+    def mean_std(name):
+        v = np.array([m[name] for m in folds])
         return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
     summary.update({
@@ -129,10 +137,10 @@ def logit_adjust(run: Run | str | os.PathLike, *, tau: float = 1.0) -> Run:
         "ua_mean": mean_std("ua")[0], "ua_std": mean_std("ua")[1],
         "macro_f1_mean": mean_std("macro_f1")[0], "folds": folds,
         "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
-        "posthoc": posthoc})
-    config = {**copy.deepcopy(run.config), "posthoc": posthoc}
-    return Run(path=run.path, summary=summary, config=config, folds=folds, predictions=preds,
-               history=run.history.copy())
+        key: record})
+    config = {**copy.deepcopy(source.config), key: record}
+    return Run(path=source.path, summary=summary, config=config, folds=folds,
+               predictions=predictions, history=source.history.copy())
 
 
 def write_run(run: Run, out_dir: str | os.PathLike) -> Path:
@@ -160,4 +168,4 @@ def write_run(run: Run, out_dir: str | os.PathLike) -> Path:
     return out_dir
 
 
-__all__ = ["logit_adjust", "training_priors", "write_run"]
+__all__ = ["derived_run", "logit_adjust", "training_priors", "write_run"]
