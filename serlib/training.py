@@ -933,11 +933,25 @@ def looks_finished(setup: RunSetup, out_dir: str | os.PathLike) -> bool:
             len(finished_folds(setup, out_dir)) == len(setup.folds)
 
 
+def _prediction_frame(setup: RunSetup, idx: np.ndarray, probs: np.ndarray, *,
+                      fold: int) -> pd.DataFrame:
+    """One row per clip of ``setup.selection.iloc[idx]`` with its label, prediction and
+    probabilities ``probs`` (n, C): the columns of ``predictions.csv`` and ``validation.csv``."""
+    rows = setup.selection.iloc[idx]
+    return pd.DataFrame({
+        "utterance_id": rows["utterance_id"].to_numpy(),
+        "fold": fold,
+        "speaker": rows["speaker"].to_numpy(),
+        "label": [PAPER_CLASSES[i] for i in setup.labels[idx]],
+        "predicted": [PAPER_CLASSES[i] for i in probs.argmax(axis=1)],
+        **{f"p_{name}": probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
+    })
+
+
 def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict:
     """Write one finished fold (all four files at once); returns its metrics."""
     test_idx = setup.folds[fold - 1][1]
     probs = result["probabilities"]                      # (n_test, C)
-    predicted = probs.argmax(axis=1)
     metrics = {
         "fold": fold,
         **result["metrics"],
@@ -945,15 +959,7 @@ def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict
         "n_train": result["n_fit"], "n_val": result["n_val"], "n_test": len(test_idx),
         "train_seconds": float(result.get("train_seconds", float("nan"))),
     }
-    rows = setup.selection.iloc[test_idx]
-    predictions = pd.DataFrame({
-        "utterance_id": rows["utterance_id"].to_numpy(),
-        "fold": fold,
-        "speaker": rows["speaker"].to_numpy(),
-        "label": [PAPER_CLASSES[i] for i in setup.labels[test_idx]],
-        "predicted": [PAPER_CLASSES[i] for i in predicted],
-        **{f"p_{name}": probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
-    })
+    predictions = _prediction_frame(setup, test_idx, probs, fold=fold)
     checkpoint = {
         "model": result["state"],
         "optimizer": result["optimizer"],
@@ -965,16 +971,8 @@ def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict
     }
     validation = None
     if "val_probabilities" in result:
-        val_idx, val_probs = result["val_idx"], result["val_probabilities"]   # (n_val, C)
-        val_rows = setup.selection.iloc[val_idx]
-        validation = pd.DataFrame({
-            "utterance_id": val_rows["utterance_id"].to_numpy(),
-            "fold": fold,
-            "speaker": val_rows["speaker"].to_numpy(),
-            "label": [PAPER_CLASSES[i] for i in setup.labels[val_idx]],
-            "predicted": [PAPER_CLASSES[i] for i in val_probs.argmax(axis=1)],
-            **{f"p_{name}": val_probs[:, k] for k, name in enumerate(PAPER_CLASSES)},
-        })
+        validation = _prediction_frame(setup, result["val_idx"],
+                                       result["val_probabilities"], fold=fold)   # (n_val, C)
     runs.write_fold(out_dir, fold, checkpoint=checkpoint, metrics=metrics,
                     predictions=predictions, history=pd.DataFrame(result["history"]),
                     validation=validation)
