@@ -66,3 +66,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    """48 short tone clips (6 speakers x 8) as a selection CSV, one copy per test module."""
+    from tests.test_cli_cv import write_wav_selection
+
+    return write_wav_selection(tmp_path_factory.mktemp("tones"))

@@ -18,7 +18,6 @@ from serlib.grid import run_grid
 from serlib.labels import PAPER_CLASSES
 from serlib.models import ResNet18
 from serlib.splits import make_folds
-from tests.test_cli_cv import write_wav_selection
 
 ARRAYS = TrainConfig(feature="mfcc", folds=3, epochs=3, width=4, batch_size=16, device="cpu",
                      patience=1)
@@ -180,11 +179,6 @@ def test_group_tasks_batches_what_it_can_and_fills_the_workers():
 
 
 # ----------------------------------------------------------------------------- run folders
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    return write_wav_selection(tmp_path_factory.mktemp("tones"))
-
-
 @pytest.fixture(scope="module")
 def per_fold_run(tones, tmp_path_factory):
     out = tmp_path_factory.mktemp("per_fold")

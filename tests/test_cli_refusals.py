@@ -23,15 +23,9 @@ from serlib.book import Profile
 from serlib.cli import main
 from serlib.config import TrainConfig
 from serlib.errors import SerlibError
-from tests.test_cli_cv import write_wav_selection
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=1, width=2, batch_size=8, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    return write_wav_selection(tmp_path_factory.mktemp("tones"))
 
 
 @pytest.fixture(scope="module")

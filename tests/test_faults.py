@@ -23,18 +23,11 @@ from serlib.errors import SerlibError
 from serlib.grid import run_grid
 from serlib.inference import Predictor
 from serlib.training import TrainConfig, run_cross_validation
-from tests.test_cli_cv import write_wav_selection
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = TrainConfig(feature="mfcc", folds=2, epochs=1, width=2, batch_size=8, device="cpu")
 CV = ["--feature", "mfcc", "--folds", "2", "--epochs", "1", "--width", "2", "--batch-size", "8",
       "--device", "cpu", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    """48 short tone clips (6 speakers x 8) as a selection CSV."""
-    return write_wav_selection(tmp_path_factory.mktemp("tones"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from serlib.errors import SerlibError
 from serlib.grid import run_grid
 from serlib.runs import without_timing
 from serlib.training import TrainConfig, run_cross_validation
-from tests.test_cli_cv import write_wav_selection
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = TrainConfig(feature="mfcc", folds=2, epochs=2, width=4, batch_size=8, device="cpu")
@@ -27,11 +26,6 @@ RUNS = [("mfcc_focal", BASE),
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conftest.py)
-
-
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    return write_wav_selection(tmp_path_factory.mktemp("tones"))
 
 
 @pytest.fixture(scope="module")

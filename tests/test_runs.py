@@ -30,12 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # torch on one thread (conf
 
 
 @pytest.fixture(scope="module")
-def tones(tmp_path_factory):
-    """48 short tone clips (6 speakers x 8) as a selection CSV."""
-    return write_wav_selection(tmp_path_factory.mktemp("tones"))
-
-
-@pytest.fixture(scope="module")
 def finished(tones, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     return out, run_cross_validation(tones, config=CONFIG, out_dir=out, progress=False)
