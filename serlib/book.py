@@ -117,7 +117,9 @@ def _profile_schema() -> dict:
                 "name": {"enum": ["local", "ray"]},
                 "jobs": {"type": ["integer", "null"], "minimum": 1},
                 "jobs_per_gpu": {"type": ["integer", "null"], "minimum": 1},
-                "address": {"type": ["string", "null"]}}},
+                "address": {"type": ["string", "null"]},
+                # serlib.batched: folds as one grouped network (null: on CUDA only)
+                "batched": {"type": ["boolean", "null"]}}},
         },
     }
 
@@ -642,11 +644,13 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
                      manifest: str | os.PathLike | None = None, corpus: str = "iemocap",
                      engine: str | None = None, jobs: int | None = None,
                      jobs_per_gpu: int | None = None, address: str | None = None,
-                     studies: list[str] | None = None, quiet: bool = False):
+                     studies: list[str] | None = None, quiet: bool = False,
+                     batched: bool | None = None):
     """Select (as the data chapter does), then train the profile's grid, its studies' runs
     and its baselines into ``out/runs``.
 
-    Engine settings come from the profile's ``engine:`` block, each overridable here.
+    Engine settings come from the profile's ``engine:`` block, each overridable here
+    (``batched``: :func:`serlib.grid.run_grid`'s; None: the profile's, else on CUDA only).
     ``studies``: train only these studies of the profile (no grid entries, no baselines).
     Returns the :class:`serlib.grid.GridResult`.
     """
@@ -679,7 +683,9 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
     with exclusive_lock(out, what="grid output folder"):
         return _select_and_train(profile, all_runs, out, data_root=data_root,
                                  manifest=manifest, corpus=corpus, engine=engine, jobs=jobs,
-                                 jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet)
+                                 jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet,
+                                 batched=batched if batched is not None
+                                 else settings.get("batched"))
 
 
 def _check_selection_against_runs(selection, runs, runs_dir: Path) -> None:
@@ -701,7 +707,7 @@ def _check_selection_against_runs(selection, runs, runs_dir: Path) -> None:
 
 
 def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manifest, corpus,
-                      engine, jobs, jobs_per_gpu, address, quiet):
+                      engine, jobs, jobs_per_gpu, address, quiet, batched):
     from serlib.corpora import load_corpus, load_manifest, select_utterances, write_selection
     from serlib.grid import run_grid
 
@@ -738,7 +744,7 @@ def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manif
                     jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
                     else settings.get("jobs_per_gpu"),
                     address=address if address is not None else settings.get("address"),
-                    progress=not quiet)
+                    batched=batched, progress=not quiet)
 
 
 def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike = "_build",
@@ -746,7 +752,7 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
                manifest: str | os.PathLike | None = None,
                corpus: str = "iemocap", quiet: bool = False, engine: str | None = None,
                jobs: int | None = None, jobs_per_gpu: int | None = None,
-               address: str | None = None) -> Path:
+               address: str | None = None, batched: bool | None = None) -> Path:
     """Execute every chapter and render the book; returns ``<out_dir>/html``.
 
     Parameters
@@ -766,7 +772,7 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
         (:data:`serlib.corpora.CORPUS_NAMES`); the data chapter reads it by name.
     quiet : bool
         No progress lines.
-    engine, jobs, jobs_per_gpu, address
+    engine, jobs, jobs_per_gpu, address, batched
         How the grid trains (default: the profile's ``engine:`` settings); see
         :func:`run_profile_grid`. The training pages then only read the finished runs.
     """
@@ -796,7 +802,8 @@ def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike =
     say("[grid] training every run of the profile ...")
     grid = run_profile_grid(profile, out_dir=out, data_root=data_root, manifest=manifest,
                             corpus=corpus, engine=engine, jobs=jobs,
-                            jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet)
+                            jobs_per_gpu=jobs_per_gpu, address=address, quiet=quiet,
+                            batched=batched)
     if not grid.ok:
         raise SerlibError(f"the grid failed for {grid.describe_failures()} (tracebacks above); "
                           "rerun to retry only those folds")

@@ -262,14 +262,17 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
                           fingerprint=setups[name].resolved["selection"]["fingerprint"])
                  for name, k in todo]
         failed_runs = set()
-        outcomes = pool.run(run_fold_task, tasks)
         if cuda if batched is None else batched:
             from serlib.batched import group_tasks, run_group_task
 
             groups = group_tasks(tasks, workers=getattr(pool, "jobs", 1))
+            say(f"[grid] batched: {len(tasks)} fold(s) in {len(groups)} group(s) "
+                f"(largest {max(map(len, groups))}; serlib.batched)")
             outcomes = ((task, outcome) for group, group_outcomes in
                         pool.run(run_group_task, groups)
                         for task, outcome in zip(group, group_outcomes, strict=True))
+        else:
+            outcomes = pool.run(run_fold_task, tasks)
         bar = tqdm(total=len(tasks), desc="folds", unit="fold", disable=not progress)
         with bar:
             for task, outcome in outcomes:

@@ -211,12 +211,13 @@ def assert_same_run_folder(batched_dir, per_fold_dir):
         assert isinstance(model, ResNet18)
 
 
-def test_batched_grid_writes_the_per_fold_run_folder(tones, per_fold_run, tmp_path):
+def test_batched_grid_writes_the_per_fold_run_folder(tones, per_fold_run, tmp_path, capsys):
     per_fold_dir, summary = per_fold_run
     result = run_grid([("mfcc_focal", RUN)], selection=tones, cache_dir=tmp_path / "cache",
-                      runs_dir=tmp_path / "runs", engine="local", jobs=1, progress=False,
+                      runs_dir=tmp_path / "runs", engine="local", jobs=1, progress=True,
                       batched=True)
     assert result.ok and result.trained == RUN.folds
+    assert "[grid] batched: 3 fold(s) in 1 group(s)" in capsys.readouterr().err
     assert_same_run_folder(tmp_path / "runs" / "mfcc_focal", per_fold_dir)
     got = result.summaries["mfcc_focal"]
     assert set(got) == set(summary) and got["n_folds"] == summary["n_folds"]
@@ -258,3 +259,37 @@ def test_train_folds_batched_falls_back_for_what_it_cannot_batch(tones, tmp_path
     written = batched.train_folds_batched(setup, features, tmp_path, folds=[1, 2],
                                           progress=False)
     assert sorted(written) == [1, 2] and not called
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--batched"], True),
+                                            (["--no-batched"], False)])
+@pytest.mark.parametrize("command", ["grid", "book"])
+def test_cli_batched_switch_reaches_the_grid(command, flag, expected, monkeypatch, tmp_path):
+    from serlib import book
+    from serlib.cli import main
+
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(book, "run_profile_grid" if command == "grid" else "build_book", fake)
+    with pytest.raises(SystemExit):
+        main([command, "--out", str(tmp_path), *flag])
+    assert seen["batched"] is expected
+
+
+def test_profile_engine_batched_is_what_the_grid_gets(tmp_path, monkeypatch):
+    """``engine: {batched: true}`` in a profile reaches the grid; the call's own switch wins."""
+    from serlib import book
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("grid: [{feature: mfcc, loss: focal}]\nengine: {batched: true}\n")
+    profile = book.Profile.load(path)
+    assert profile.engine == {"batched": True}
+    seen = []
+    monkeypatch.setattr(book, "_select_and_train", lambda *a, **k: seen.append(k["batched"]))
+    for switch in (None, False, True):
+        book.run_profile_grid(profile, out_dir=tmp_path / "out", batched=switch)
+    assert seen == [True, False, True]

@@ -80,6 +80,7 @@ def test_paper_profile_uses_paper_network():
     ("selection: {min_agree: two}", r"selection.min_agree: 'two' is not of type 'integer'"),
     ("seeds: [0, x]", r"seeds.1: 'x' is not of type 'integer'"),
     ("engine: {name: spark}", r"engine.name: 'spark' is not one of"),
+    ("engine: {batched: sometimes}", r"engine.batched: 'sometimes' is not of type"),
 ])
 def test_bad_profile_is_named(tmp_path, text, match):
     path = tmp_path / "mine.yaml"

@@ -173,3 +173,90 @@ def test_amp_off_trains_in_float32(cuda):
                     amp=False)
     predict_proba(model, data, batch_size=16, device=cuda, amp=False)
     assert seen == {torch.float32}
+
+
+# ----------------------------------------------------------------------------- serlib.batched
+def _learnable_folds(n: int = 120, shape=(40, 64)):
+    import pandas as pd
+
+    from serlib.splits import make_folds
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(4, size=n, p=[0.4, 0.2, 0.25, 0.15])
+    x = rng.normal(size=(n, *shape)).astype(np.float32) + 0.6 * labels[:, None, None]
+    folds = make_folds(pd.DataFrame({"label": labels}), protocol="stratified", n_folds=3,
+                       seed=0)
+    return x, labels, folds
+
+
+def _members(x, labels, folds, configs):
+    from serlib import batched
+
+    return [batched.Member(key=k, config=config, features=x, labels=labels, train_idx=tr,
+                           test_idx=te, fold=k)
+            for k, ((tr, te), config) in enumerate(zip(folds, configs, strict=True), start=1)]
+
+
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """float32 convolutions and matmuls in full float32 (no TF32), so that the grouped and the
+    plain network differ by float32 rounding only."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def test_batched_folds_on_cuda_equal_folds_trained_alone(cuda, no_tf32):
+    from serlib import batched, training
+
+    x, labels, folds = _learnable_folds()
+    config = TrainConfig(feature="mfcc", folds=3, epochs=3, width=8, batch_size=16,
+                         amp=False, device="cuda")
+    alone = {r["fold"]: r for r in training.cross_validate_arrays(
+        x, labels, config=config, folds=folds, device=cuda, progress=False)}
+    together = batched.train_members(_members(x, labels, folds, [config] * 3), device=cuda,
+                                     progress=False)
+    for k, result in together.items():
+        assert not isinstance(result, BaseException), result
+        # float32 rounding of grouped vs plain kernels, amplified by the first Adam steps
+        np.testing.assert_allclose(result["probabilities"], alone[k]["probabilities"],
+                                   atol=3e-2)
+        assert result["best_epoch"] == alone[k]["best_epoch"]
+        # the member's checkpoint is the plain network's, on the CPU
+        assert all(t.device.type == "cpu" for t in result["state"].values())
+        assert set(result["state"]) == set(alone[k]["state"])
+
+
+def test_batched_bf16_group_on_cuda_learns(cuda):
+    from serlib import batched
+
+    x, labels, folds = _learnable_folds()
+    config = TrainConfig(feature="mfcc", folds=3, epochs=4, width=8, batch_size=16,
+                         amp=True, device="cuda")
+    together = batched.train_members(_members(x, labels, folds, [config] * 3), device=cuda,
+                                     progress=False)
+    for result in together.values():
+        assert not isinstance(result, BaseException), result
+        assert np.isfinite(result["probabilities"]).all()
+        assert result["metrics"]["ua"] > 0.4            # chance is 0.25
+
+
+def test_compiled_batched_group_masks_a_member_that_ends_and_matches_eager(cuda, no_tf32):
+    """compile=True (CUDA graphs): a member whose epochs end first is masked, not removed;
+    every member's result equals the eager group's to float tolerance."""
+    from serlib import batched
+
+    x, labels, folds = _learnable_folds()
+    configs = [TrainConfig(feature="mfcc", folds=3, epochs=e, width=8, batch_size=16,
+                           amp=False, device="cuda") for e in (2, 4, 4)]
+    ended = []
+    eager = batched.train_members(_members(x, labels, folds, configs), device=cuda,
+                                  progress=False)
+    compiled = batched.train_members(_members(x, labels, folds, configs), device=cuda,
+                                     compile=True, progress=False,
+                                     on_end=lambda m, r: ended.append(m.fold))
+    assert ended[0] == 1                                 # the 2-epoch member ended first
+    for k, result in compiled.items():
+        assert not isinstance(result, BaseException), result
+        assert len(result["history"]) == configs[k - 1].epochs
+        np.testing.assert_allclose(result["probabilities"], eager[k]["probabilities"],
+                                   atol=3e-2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -32,6 +34,10 @@ def add_parser(subparsers):
     parser.add_argument("--jobs", type=int, default=None, help="CPU workers of the grid")
     parser.add_argument("--jobs-per-gpu", type=int, default=None, help="grid workers per GPU")
     parser.add_argument("--address", default=None, help="ray cluster address ('auto')")
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the folds of runs that agree in input and network as one "
+                        "grouped network (serlib.batched); default: the profile's engine "
+                        "setting, else on CUDA only")
     parser.set_defaults(func=run)
     return parser
 
@@ -42,6 +48,6 @@ def run(args) -> int:
     html = build_book(profile=args.profile, out_dir=args.out, data_root=args.data_root,
                       manifest=args.manifest, corpus=args.corpus, quiet=args.quiet,
                       engine=args.engine, jobs=args.jobs, jobs_per_gpu=args.jobs_per_gpu,
-                      address=args.address)
+                      address=args.address, batched=args.batched)
     print(f"book: {html / 'index.html'}")
     return 0

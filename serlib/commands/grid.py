@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -40,6 +41,10 @@ def add_parser(subparsers):
                         help=f"workers per GPU on CUDA (default {DEFAULT_JOBS_PER_GPU})")
     parser.add_argument("--address", default=None,
                         help="ray: 'auto' joins a running cluster; none starts a local one")
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=None,
+                        help="train the folds of runs that agree in input and network as one "
+                        "grouped network (serlib.batched); default: the profile's engine "
+                        "setting, else on CUDA only")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or lines")
     parser.set_defaults(func=run)
     return parser
@@ -52,7 +57,7 @@ def run(args) -> int:
                               manifest=args.manifest, corpus=args.corpus,
                               studies=args.study, engine=args.engine, jobs=args.jobs,
                               jobs_per_gpu=args.jobs_per_gpu, address=args.address,
-                              quiet=args.quiet)
+                              quiet=args.quiet, batched=args.batched)
     for name, summary in result.summaries.items():
         print(f"{name}: WA {100 * summary['wa_mean']:.1f} +- {100 * summary['wa_std']:.1f} %"
               f"   UA {100 * summary['ua_mean']:.1f} +- {100 * summary['ua_std']:.1f} %")
