@@ -247,7 +247,9 @@ class _Trainee:
         self.steps = 0                       # training forwards (= batch norm's counter)
         self.epoch = 0
         self.done = False
-        self.member_started = time.perf_counter()
+        # this member's share of the group's wall time: each epoch's time divided among the
+        # members that trained in it (the shares of a group add up to its wall time)
+        self.seconds = 0.0
 
     # one epoch, in pieces driven by the group
     def start_epoch(self) -> None:
@@ -331,6 +333,7 @@ class _Trainee:
         from serlib.metrics import classification_report_dict
 
         config = self.config
+        started = time.perf_counter()
         self.model.load_state_dict(self.best["state"])
         probabilities = training.predict_proba(self.model, self.test,
                                                batch_size=2 * config.batch_size,
@@ -345,6 +348,7 @@ class _Trainee:
         metrics = classification_report_dict(self.member.labels[test_idx],
                                              probabilities.argmax(axis=1),
                                              class_names=PAPER_CLASSES)
+        self.seconds += time.perf_counter() - started      # its test predictions, its own
         return {"state": training._to_cpu(self.best["state"]),
                 "optimizer": training._to_cpu(self.best["optimizer"]),
                 "mean": self.mean, "std": self.std, "history": self.history,
@@ -352,8 +356,9 @@ class _Trainee:
                 "val_idx": np.asarray(self.val_idx), "val_probabilities": val_probabilities,
                 "n_fit": len(self.fit_idx), "n_val": len(self.val_idx),
                 "fold": self.member.fold, "test_idx": test_idx, "metrics": metrics,
-                # the group's wall time until this member ended (members share the steps)
-                "train_seconds": time.perf_counter() - self.member_started}
+                # its share of the group's wall time (members share the steps), so that a
+                # run's wall_seconds (the sum over its folds) is the time its folds took
+                "train_seconds": self.seconds}
 
 
 # ----------------------------------------------------------------------------- the group's loop
@@ -469,6 +474,7 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
             live = [t for t in slots if t is not None]
             if not live:
                 break
+            epoch_started = time.perf_counter()
             for t in live:
                 t.start_epoch()
             for step in range(max(t.n_steps() for t in live)):
@@ -485,6 +491,8 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
                                      batch_size=2 * members[0].config.batch_size,
                                      device=device, amp=amp)
             ended = []
+            for t in live:
+                t.seconds += (time.perf_counter() - epoch_started) / len(live)
             for j, t in enumerate(slots):
                 if t is None:
                     continue

@@ -125,6 +125,23 @@ def test_batched_folds_equal_folds_trained_alone(both_ways):
         assert set(b["optimizer"]["state"][0]) == set(a["optimizer"]["state"][0])
 
 
+def test_members_time_is_their_share_of_the_groups_time(arrays):
+    """A run's wall_seconds sums its folds' train_seconds: in a group each member gets its
+    share of every epoch it trained in, so the shares add up to the group's wall time (not K
+    times it)."""
+    import time
+
+    x, labels, folds = arrays
+    members = [batched.Member(key=k, config=ARRAYS, features=x, labels=labels, train_idx=tr,
+                              test_idx=te, fold=k) for k, (tr, te) in enumerate(folds, 1)]
+    started = time.perf_counter()
+    results = batched.train_members(members, device="cpu", progress=False)
+    wall = time.perf_counter() - started
+    shares = [r["train_seconds"] for r in results.values()]
+    assert all(s > 0 for s in shares)
+    assert 0.5 * wall < sum(shares) <= wall
+
+
 def test_member_that_stops_early_keeps_its_best_while_others_go_on(both_ways):
     alone, together, ended = both_ways
     lengths = {fold: len(r["history"]) for fold, r in together.items()}
