@@ -14,7 +14,9 @@ audio, no librosa, nothing to download. Stages, each timed with CUDA synchronise
    spectrogram and one MFCC run) and ``--per-fold-folds`` of their folds (default 5);
    ``grid_estimate_s`` scales it to the 4 runs' 20 folds.
 3. ``batched_by_shape``: the 2 groups of 10 (the two runs of each input kind together, as
-   ``serlib grid`` groups them with one worker per GPU).
+   ``serlib grid`` groups them with one worker per GPU); then
+   ``batched_by_shape_regroup_every_end``: the same with the grouped network rebuilt whenever
+   a member ends (``regroup_at=1.0``) instead of CUDA's default (masked until half are).
 4. ``batched_compiled`` (unless ``--no-compile``): stage 3 with ``compile=True``
    (``torch.compile(mode="reduce-overhead")``: CUDA graphs; finished members masked, not
    removed). Compilation time is included; an error is recorded, not raised.
@@ -228,7 +230,7 @@ def main() -> None:
         print(json.dumps({"per_fold": figures["stages"]["per_fold"]}), flush=True)
 
     # 3-5. batched
-    def run_groups(groups, *, compile=False):
+    def run_groups(groups, *, compile=False, regroup_at=None):
         results = []
         for feature, losses in groups:
             x, labels, folds = data[feature]
@@ -237,7 +239,7 @@ def main() -> None:
                                       fold=k)
                        for loss in losses for k, (tr, te) in enumerate(folds, start=1)]
             outcome = batched.train_members(members, device=DEVICE, compile=compile,
-                                            progress=False)
+                                            regroup_at=regroup_at, progress=False)
             bad = [v for v in outcome.values() if isinstance(v, BaseException)]
             if bad:
                 raise bad[0]
@@ -248,15 +250,19 @@ def main() -> None:
     by_shape = [("spectrogram", ["softmax", "focal"]), ("mfcc", ["softmax", "focal"])]
     # the grid's grouping with one worker per GPU first, then CUDA graphs, then one group
     # per run (the grouping of 4 workers per GPU, here one group after another)
-    stages = [("batched_by_shape", by_shape, False)]
+    # (name, groups, compile, regroup_at): the CUDA default masks ended members until half
+    # are; "regroup_every_end" rebuilds at each end (the default before 2026-12-04's lease)
+    stages = [("batched_by_shape", by_shape, False, None),
+              ("batched_by_shape_regroup_every_end", by_shape, False, 1.0)]
     if not args.no_compile:
-        stages.append(("batched_compiled", by_shape, True))
-    stages.append(("batched_by_run", by_run, False))
-    for name, groups, compile in stages:
+        stages.append(("batched_compiled", by_shape, True, None))
+    stages.append(("batched_by_run", by_run, False, None))
+    for name, groups, compile, regroup_at in stages:
         if over_budget(name):
             continue
         try:
-            wall, results = synced(lambda g=groups, c=compile: run_groups(g, compile=c))
+            wall, results = synced(lambda g=groups, c=compile, r=regroup_at:
+                                   run_groups(g, compile=c, regroup_at=r))
         except Exception as error:  # noqa: BLE001 - recorded in the figures
             figures["stages"][name] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
             save()

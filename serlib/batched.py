@@ -24,9 +24,10 @@ every kernel launch:
   members' own modules.
 - **Own early stopping and best checkpoint.** A member that stops (patience) or ends (its
   epochs) is written at once (its test predictions from its best weights), then leaves the
-  stack: on the CPU the grouped network is rebuilt from the members still training; with
-  ``compile`` (CUDA) its slot stays and is masked (no loss, no optimizer step), so that the
-  shapes stay static for CUDA graphs.
+  stack: on the CPU the grouped network is rebuilt from the members still training; on CUDA
+  its slot is masked (zeros in, no loss, no optimizer step) until half the slots are, then
+  the network is rebuilt (a new width re-runs cuDNN's autotuning); with ``compile`` slots
+  stay masked, so that the shapes stay static for CUDA graphs (``regroup_at``).
 
 What is supported is the paper's recipe and its neighbours (:func:`batched_unsupported`);
 anything else falls back to the per-fold path. Numbers agree with the per-fold path to float
@@ -413,8 +414,8 @@ def _member_step(trainee: _Trainee, rows: torch.Tensor, *, device, amp) -> None:
 
 def train_members(members: Sequence[Member], *, device: torch.device | str,
                   on_end: Callable[[Member, dict | BaseException], None] | None = None,
-                  compile: bool = False, progress: bool = True
-                  ) -> dict[object, dict | BaseException]:
+                  compile: bool = False, regroup_at: float | None = None,
+                  progress: bool = True) -> dict[object, dict | BaseException]:
     """Train ``members`` (folds whose :func:`stack_key` agree) as one grouped network.
 
     Parameters
@@ -429,6 +430,12 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
     compile : bool
         On CUDA: ``torch.compile`` with CUDA graphs (``mode="reduce-overhead"``), members that
         end masked rather than removed (static shapes). Ignored on the CPU.
+    regroup_at : float, optional
+        Without ``compile``, a member that ends is masked (its slot sees zeros and takes no
+        step) until the members still training are at most this fraction of the grouped
+        network's width; then the network is rebuilt from them. 1.0 rebuilds at every end
+        (the CPU default: a masked slot costs its full compute there), 0.5 on CUDA (each new
+        width re-runs cuDNN's autotuning of every convolution shape); 0 never rebuilds.
     progress : bool
         One bar over epochs.
 
@@ -455,6 +462,12 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
     if not isinstance(device, torch.device):
         device = training.resolve_device(device)
     compile = bool(compile) and device.type == "cuda"
+    if regroup_at is None:
+        regroup_at = 0.5 if device.type == "cuda" else 1.0
+    if not 0.0 <= regroup_at <= 1.0:
+        raise SerlibError(f"regroup_at={regroup_at!r} must be between 0 and 1")
+    if compile:
+        regroup_at = 0.0                                  # static shapes for CUDA graphs
     amp = members[0].config.amp
     results: dict[object, dict | BaseException] = {}
 
@@ -510,9 +523,10 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
                 continue
             for j in ended:
                 slots[j] = None
-            if not compile and any(t is not None for t in slots):
+            still = [t for t in slots if t is not None]
+            if still and len(still) < len(slots) and len(still) <= regroup_at * len(slots):
                 # the members still training, in a grouped network of their own
-                slots = [t for t in slots if t is not None]
+                slots = still
                 stack = _Stack(template, [t.model for t in slots], device=device)
     return results
 

@@ -125,6 +125,31 @@ def test_batched_folds_equal_folds_trained_alone(both_ways):
         assert set(b["optimizer"]["state"][0]) == set(a["optimizer"]["state"][0])
 
 
+@pytest.mark.parametrize("regroup_at", [0.0, 0.5])
+def test_masked_members_give_what_a_rebuilt_group_gives(both_ways, arrays, regroup_at):
+    """A member that ends is masked (zeros in, no step) instead of the network being rebuilt
+    (CUDA's default, 0.5; compile's, 0): the members still training get the same results."""
+    _, rebuilt, ended = both_ways
+    assert len({epochs for _, epochs in ended}) > 1        # members end at different epochs
+    x, labels, folds = arrays
+    members = [batched.Member(key=k, config=ARRAYS, features=x, labels=labels, train_idx=tr,
+                              test_idx=te, fold=k) for k, (tr, te) in enumerate(folds, 1)]
+    masked = batched.train_members(members, device="cpu", progress=False,
+                                   regroup_at=regroup_at)
+    for k, result in masked.items():
+        assert result["best_epoch"] == rebuilt[k]["best_epoch"]
+        assert len(result["history"]) == len(rebuilt[k]["history"])
+        assert_same_predictions(rebuilt[k]["probabilities"], result["probabilities"])
+
+
+def test_regroup_at_outside_0_1_is_refused(arrays):
+    x, labels, folds = arrays
+    member = batched.Member(key=1, config=ARRAYS, features=x, labels=labels,
+                            train_idx=folds[0][0], test_idx=folds[0][1], fold=1)
+    with pytest.raises(SerlibError, match=r"regroup_at=1.5 must be between 0 and 1"):
+        batched.train_members([member], device="cpu", regroup_at=1.5, progress=False)
+
+
 def test_members_time_is_their_share_of_the_groups_time(arrays):
     """A run's wall_seconds sums its folds' train_seconds: in a group each member gets its
     share of every epoch it trained in, so the shares add up to the group's wall time (not K
