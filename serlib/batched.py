@@ -212,37 +212,19 @@ class _Trainee:
 
     def __init__(self, member: Member, *, device: torch.device):
         from serlib import training
-        from serlib.labels import PAPER_CLASSES
-        from serlib.losses import class_weights
-        from serlib.models import build_model
-        from serlib.splits import validation_split
 
-        config, labels, features = member.config, member.labels, member.features
+        config = member.config
         self.member, self.config, self.device = member, config, device
-        seed = config.seed * 1000 + member.fold
-        torch.manual_seed(seed)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.fit_idx, self.val_idx = validation_split(
-            member.train_idx, labels, fraction=config.val_fraction, seed=seed,
-            groups=member.groups)
-        self.mean, self.std = training.normalisation_stats(features[self.fit_idx])  # (F,)
-
-        def batches(rows):
-            x = (features[rows] - self.mean[None, :, None]) / self.std[None, :, None]
-            return training._Batches(x, labels[rows], device=device)
-
-        self.fit, self.val = batches(self.fit_idx), batches(self.val_idx)
-        self.test = batches(member.test_idx)
-        self.model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
-                                 pooling=config.pooling, dropout=config.dropout)
-        self.model = self.model.to(device, memory_format=torch.channels_last)
-        self.optimizer = training._optimizer(self.model, config)
-        self.scheduler = training._scheduler(self.optimizer, config)
-        weights = None
-        if config.class_weights != "none":
-            weights = class_weights(labels[self.fit_idx], n_classes=len(PAPER_CLASSES),
-                                    kind=config.class_weights, beta=config.beta).to(device)
-        self.criterion = training._criterion(config, weights)
+        # the data, split, normalisation and loss as train_fold prepares them
+        parts = training.prepare_fold(member.features, member.labels, member.train_idx,
+                                      member.test_idx, config=config, fold=member.fold,
+                                      device=device, groups=member.groups)
+        self.generator, self.criterion = parts.generator, parts.criterion
+        self.fit_idx, self.val_idx = parts.fit_idx, parts.val_idx
+        self.mean, self.std = parts.mean, parts.std
+        self.fit, self.val, self.test = parts.fit, parts.val, parts.test
+        self.model, self.optimizer, self.scheduler = training.new_network(
+            config, device=device, n_fit=len(parts.fit))
         self.history: list[dict] = []
         self.best = {"ua": -1.0, "epoch": 0, "state": None, "optimizer": None}
         self.steps = 0                       # training forwards (= batch norm's counter)

@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,37 +396,29 @@ def train_one_epoch(model, data: _Batches, *, optimizer, criterion, batch_size: 
 
 
 # ----------------------------------------------------------------------------- one fold
-def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
-               test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
-               groups: np.ndarray | None = None, lengths: np.ndarray | None = None,
-               progress: bool = True) -> dict:
-    """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
-    evaluate on ``test_idx``.
+@dataclass
+class FoldParts:
+    """One fold's data, split and loss as :func:`train_fold` prepares them (the batched path,
+    :mod:`serlib.batched`, prepares each member the same way)."""
 
-    Parameters
-    ----------
-    features : np.ndarray, shape (N, F, T)
-    labels : np.ndarray of int, shape (N,)
-        Indices into :data:`serlib.labels.PAPER_CLASSES`.
-    train_idx, test_idx : np.ndarray of int
-        Positional rows of this fold's training and test parts.
-    groups : np.ndarray, shape (N,), optional
-        Speakers: when given, the validation part holds out whole speakers (speaker-disjoint
-        model selection, as the session protocol's test folds are); else it is stratified over
-        utterances.
-    lengths : np.ndarray of int, shape (N,), optional
-        Each clip's own frames (:func:`serlib.augment.clip_frames`), used by the recipe options
-        that need them (``config.needs_lengths``); default: every frame is the clip's.
+    seed: int                        # config.seed * 1000 + fold
+    generator: torch.Generator       # the data order's draws
+    fit_idx: np.ndarray              # rows trained on
+    val_idx: np.ndarray              # rows that choose the epoch
+    mean: np.ndarray                 # (F,) normalisation, from the fitting part only
+    std: np.ndarray                  # (F,)
+    fit: _Batches
+    val: _Batches
+    test: _Batches
+    criterion: Callable
 
-    Returns
-    -------
-    dict
-        ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
-        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``val_idx`` and
-        ``val_probabilities`` (n_val, C: the kept model's), ``n_fit``, ``n_val``.
-    """
-    from tqdm import tqdm
 
+def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
+                 test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
+                 groups: np.ndarray | None = None,
+                 lengths: np.ndarray | None = None) -> FoldParts:
+    """Seed torch for ``fold``, split off its validation part and normalise its three parts
+    (see :func:`train_fold` for the arguments); returns :class:`FoldParts`."""
     from serlib.augment import utterance_normalise
 
     seed = config.seed * 1000 + fold
@@ -459,12 +452,66 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                         lengths=None if lengths is None else lengths[rows],
                         own_frames=config.own_frames)
 
-    fit, val, test = batches(fit_idx), batches(val_idx), batches(test_idx)
     weights = None
     if config.class_weights != "none":                      # from the fitting part only
         weights = class_weights(labels[fit_idx], n_classes=len(PAPER_CLASSES),
                                 kind=config.class_weights, beta=config.beta).to(device)
-    criterion = _criterion(config, weights)
+    return FoldParts(seed=seed, generator=generator, fit_idx=fit_idx, val_idx=val_idx,
+                     mean=mean, std=std, fit=batches(fit_idx), val=batches(val_idx),
+                     test=batches(test_idx), criterion=_criterion(config, weights))
+
+
+def new_network(config: TrainConfig, *, device: torch.device, n_fit: int):
+    """A fresh network for ``config`` (from torch's current random state) in channels_last on
+    ``device``, with its optimizer and learning-rate scheduler for ``n_fit`` fitting clips:
+    ``(model, optimizer, scheduler)``."""
+    total_steps, _ = training_steps(n_fit, config)
+    model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
+                        pooling=config.pooling, dropout=config.dropout,
+                        members=config.ensemble)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)
+    scheduler = _scheduler(optimizer, config, total_steps=total_steps,
+                           batches_per_epoch=batches_per_epoch(n_fit, config.batch_size))
+    return model, optimizer, scheduler
+
+
+def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
+               test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
+               groups: np.ndarray | None = None, lengths: np.ndarray | None = None,
+               progress: bool = True) -> dict:
+    """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
+    evaluate on ``test_idx``.
+
+    Parameters
+    ----------
+    features : np.ndarray, shape (N, F, T)
+    labels : np.ndarray of int, shape (N,)
+        Indices into :data:`serlib.labels.PAPER_CLASSES`.
+    train_idx, test_idx : np.ndarray of int
+        Positional rows of this fold's training and test parts.
+    groups : np.ndarray, shape (N,), optional
+        Speakers: when given, the validation part holds out whole speakers (speaker-disjoint
+        model selection, as the session protocol's test folds are); else it is stratified over
+        utterances.
+    lengths : np.ndarray of int, shape (N,), optional
+        Each clip's own frames (:func:`serlib.augment.clip_frames`), used by the recipe options
+        that need them (``config.needs_lengths``); default: every frame is the clip's.
+
+    Returns
+    -------
+    dict
+        ``state`` (best weights), ``optimizer``, ``mean``/``std`` (F,), ``history`` (list of
+        per-epoch dicts), ``best_epoch``, ``probabilities`` (n_test, C), ``val_idx`` and
+        ``val_probabilities`` (n_val, C: the kept model's), ``n_fit``, ``n_val``.
+    """
+    from tqdm import tqdm
+
+    parts = prepare_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
+                         device=device, groups=groups, lengths=lengths)
+    seed, generator, criterion = parts.seed, parts.generator, parts.criterion
+    fit, val, test = parts.fit, parts.val, parts.test
+    fit_idx, val_idx, mean, std = parts.fit_idx, parts.val_idx, parts.mean, parts.std
     total_steps, n_epochs = training_steps(len(fit), config)
 
     # a seed ensemble: each member trained alone with its own seed (member 0 = this seed)
@@ -474,14 +521,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
         if member:
             torch.manual_seed(member_seed)
             generator = torch.Generator().manual_seed(member_seed)
-        model = build_model(n_classes=len(PAPER_CLASSES), width=config.width,
-                            pooling=config.pooling, dropout=config.dropout,
-                            members=config.ensemble)
-        model = model.to(device, memory_format=torch.channels_last)
-        optimizer = _optimizer(model, config)
-        scheduler = _scheduler(optimizer, config, total_steps=total_steps,
-                               batches_per_epoch=batches_per_epoch(len(fit),
-                                                                   config.batch_size))
+        model, optimizer, scheduler = new_network(config, device=device, n_fit=len(fit))
         augment = _Augmenter(config, seed=member_seed) if _Augmenter.wanted(config) else None
         name = f"fold {fold}" + (f" seed {member + 1}/{config.seed_ensemble}"
                                  if config.seed_ensemble > 1 else "")
