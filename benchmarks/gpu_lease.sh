@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23's checks in one command on one H100/H200 (the device tool's machine: torch 2.11, no
 # librosa/soundfile/soxr/jsonschema/papermill; carry .whl from ../shared/tools/h200-wheels.sh).
+# Run once on 2026-12-04 (figures in benchmarks/README.md, "GPU: one lease"); caps since then
+# favour gpu_grid's two batched-by-shape stages (members masked vs regrouped at every end).
 # Steps, each under its own time cap and the whole under LIMIT seconds (default 560):
 #   1. benchmarks/gpu_grid.py: matmul peak; per-fold vs batched (by shape, compiled, by run)
 #   2. `serlib grid` on benchmarks/profiles/tables.yaml: the paper's Tables grid through the
@@ -53,13 +55,13 @@ else
   grid_profile=benchmarks/profiles/tables.yaml; dry=(); grid_extra=()
 fi
 
-step 330 gpu_grid python3 benchmarks/gpu_grid.py --per-fold-runs 1 --per-fold-folds 2 \
-  --budget 200 --out "$OUT/gpu_grid" "${dry[@]}"
+step 360 gpu_grid python3 benchmarks/gpu_grid.py --per-fold-runs 1 --per-fold-folds 2 \
+  --budget 230 --out "$OUT/gpu_grid" "${dry[@]}"
 
-step 220 tables_batched python3 -m serlib grid --profile "$grid_profile" --out /tmp/tables \
+step 190 tables_batched python3 -m serlib grid --profile "$grid_profile" --out /tmp/tables \
   "${grid_extra[@]}" | tee "$OUT/tables_batched.log"
 
-step 120 cuda_tests python3 -m pytest -m gpu tests/test_cuda.py -k batched -q -x \
+step 100 cuda_tests python3 -m pytest -m gpu tests/test_cuda.py -k batched -q -x \
   -p no:cacheprovider | tee "$OUT/cuda_tests.log"
 
 # the same grid per fold, on the same selection and features (copied; runs not)

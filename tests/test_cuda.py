@@ -260,3 +260,21 @@ def test_compiled_batched_group_masks_a_member_that_ends_and_matches_eager(cuda,
         assert len(result["history"]) == configs[k - 1].epochs
         np.testing.assert_allclose(result["probabilities"], eager[k]["probabilities"],
                                    atol=3e-2)
+
+
+def test_masked_members_on_cuda_give_what_a_rebuilt_group_gives(cuda, no_tf32):
+    """CUDA's default masks a member that ends (regroup_at=0.5); rebuilding at every end
+    (regroup_at=1.0, the CPU's default) gives the same results to float tolerance."""
+    from serlib import batched
+
+    x, labels, folds = _learnable_folds()
+    configs = [TrainConfig(feature="mfcc", folds=3, epochs=e, width=8, batch_size=16,
+                           amp=False, device="cuda") for e in (2, 4, 4)]
+    masked = batched.train_members(_members(x, labels, folds, configs), device=cuda,
+                                   progress=False)
+    rebuilt = batched.train_members(_members(x, labels, folds, configs), device=cuda,
+                                    regroup_at=1.0, progress=False)
+    for k, result in masked.items():
+        assert len(result["history"]) == configs[k - 1].epochs
+        np.testing.assert_allclose(result["probabilities"], rebuilt[k]["probabilities"],
+                                   atol=3e-2)
