@@ -34,6 +34,7 @@ from serlib.results import (
     fusion_sources,
     is_fusion,
     load_seeded_runs,
+    seed_runs,
 )
 from serlib.stats import (
     MetricTest,
@@ -249,7 +250,8 @@ def verdict_table(runs_dir: str | os.PathLike, *, studies: dict, training: dict,
                         paper_words="", corpus=corpus, protocol=_protocol(facts, runs),
                         metrics=("ua",), chapter="Results, recipes and baselines",
                         note=optimistic)
-    _fusion_rows(rows, beside, corpus=corpus, facts=facts, optimistic=optimistic, kw=kw)
+    _fusion_rows(rows, beside, runs_dir=runs_dir, corpus=corpus, facts=facts,
+                 optimistic=optimistic, kw=kw)
     return _finish(rows, alpha=alpha)
 
 
@@ -263,7 +265,8 @@ def _short(baseline: str) -> str:
     return BASELINE_LABELS.get(baseline, baseline).split(": ", 1)[-1]
 
 
-def _fusion_rows(rows: list[_Row], beside: dict, *, corpus, facts, optimistic, kw) -> None:
+def _fusion_rows(rows: list[_Row], beside: dict, *, runs_dir, corpus, facts, optimistic,
+                 kw) -> None:
     """One row per fused run and each of the two runs it fuses: the fusion beats it (UA)."""
     for name, runs in beside.items():
         if not is_fusion(name):
@@ -274,13 +277,14 @@ def _fusion_rows(rows: list[_Row], beside: dict, *, corpus, facts, optimistic, k
                               else "")
         for source, label in ((deep, what), (baseline, _short(baseline))):
             claim = f"Fusion ({what} + {_short(baseline)}) beats {label}"
-            if source not in beside:
+            found = beside.get(source) or seed_runs(runs_dir, source)
+            if not found:
                 rows.append(_Row(claim, "ours", "", corpus, _protocol(facts, runs), "UA",
                                  "Results, recipes and baselines",
                                  verdict="not run in this build",
                                  note=f"no run {source} in this build"))
                 continue
-            _tested(rows, lambda s=source, r=runs: _pair(compare_runs(beside[s], r, **kw())),
+            _tested(rows, lambda f=found, r=runs: _pair(compare_runs(f, r, **kw())),
                     claim=claim, by="ours", paper_words="", corpus=corpus,
                     protocol=_protocol(facts, runs), metrics=("ua",),
                     chapter="Results, recipes and baselines", note=note)

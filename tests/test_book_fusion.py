@@ -147,7 +147,8 @@ def test_verdicts_test_the_fusion_against_both_runs_it_fuses(tmp_path):
                       protocol="stratified", seed=seed, feature=feature, loss=loss)
     profile = _profile(tmp_path, PROFILE.replace("seeds: [0, 1]", "seeds: [0, 1, 2]")
                        + "baselines: [logreg]\n"
-                       "fusion: [{of: spectrogram_focal_strong, with: logreg}]\n")
+                       "fusion: [{of: spectrogram_focal_strong, with: logreg},\n"
+                       "         {of: mfcc_focal, with: logreg}]\n")
     write_profile_fusions(profile, runs_dir)
     verdicts = verdict_table(runs_dir, studies={}, training={"seed": 0}, seeds=[0, 1, 2],
                              n_resamples=20)
@@ -156,6 +157,10 @@ def test_verdicts_test_the_fusion_against_both_runs_it_fuses(tmp_path):
         "the strong recipe", "logistic regression on MFCC mean and std"]
     assert (fusion["metric"] == "UA").all() and (fusion["p (one-sided)"] != "").all()
     assert fusion["note"].str.contains("never on the test fold").all()
+    # a fused run of another grid entry is paired with that entry's runs too
+    other = verdicts[verdicts["claim"] == "Fusion (mfcc_focal + logistic regression on MFCC "
+                     "mean and std) beats mfcc_focal"]
+    assert len(other) == 1 and other["p (one-sided)"].iloc[0] != ""
     # the strong recipe's own rows are not confused with the fusion's
     strong = verdicts[verdicts["claim"].str.startswith("The strong recipe beats")]
     assert len(strong) == 2
