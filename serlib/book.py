@@ -7,6 +7,7 @@
 2. generates the built-in corpus under ``<out>/data`` unless a data root is given, makes the
    selection and trains every run of the profile with :func:`serlib.grid.run_grid` (in
    parallel: local process pool or Ray), so that the training pages only read finished runs;
+   then writes the profile's fused runs (``fusion:``, :func:`write_profile_fusions`);
 3. stages the book sources under ``<out>/staging`` (``_toc.yml`` gets one training page per
    configuration of the grid);
 4. executes every chapter with papermill (the training chapter once per configuration), in
@@ -113,6 +114,11 @@ def _profile_schema() -> dict:
             "studies": {"type": "object"},
             # serlib.baselines models trained on the same folds as the runs
             "baselines": {"type": "array", "items": {"enum": ["logreg", "egemaps-svm"]}},
+            # serlib.fusion: a grid entry's runs fused with a baseline's, after the grid
+            "fusion": {"type": "array", "items": {
+                "type": "object", "required": ["of", "with"], "additionalProperties": False,
+                "properties": {"of": {"type": "string"},
+                               "with": {"enum": ["logreg", "egemaps-svm"]}}}},
             "engine": {"type": "object", "additionalProperties": False, "properties": {
                 "name": {"enum": ["local", "ray"]},
                 "jobs": {"type": ["integer", "null"], "minimum": 1},
@@ -218,6 +224,7 @@ class Profile:
     requires_data_root: bool = False
     studies: dict = field(default_factory=dict)     # serlib.studies: leakage, imbalance
     baselines: tuple[str, ...] = ()                 # serlib.baselines models, same folds
+    fusion: tuple[dict, ...] = ()                   # {of: grid run, with: baseline}: fused
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike) -> Profile:
@@ -248,6 +255,7 @@ class Profile:
             requires_data_root=data.get("requires_data_root", False),
             studies=dict(data.get("studies", {}) or {}),
             baselines=tuple(data.get("baselines", []) or []),
+            fusion=tuple(dict(f) for f in data.get("fusion", []) or []),
         )
         profile.validate(path)
         if not any(key in data for key in PROFILE_REQUIRED):
@@ -262,11 +270,18 @@ class Profile:
         The paper's four configurations under the shared settings and seed 0 keep the folder
         names ``<feature>_<loss>``; others get :func:`serlib.grid.run_name` slugs.
         """
+        return [(name, config) for _, name, config in self._grid_runs()]
+
+    def _grid_runs(self) -> list[tuple[str, str, object]]:
+        """(entry's base name, run name, TrainConfig) for every grid entry and seed; the base
+        name is the entry's run name at the base seed (``training.seed``), without
+        ``_seed<k>``."""
         from serlib.config import RECIPES, TrainConfig
         from serlib.grid import run_name
         from serlib.studies import seed_suffix
 
-        seeds = self.seeds or (int(self.training.get("seed", 0)),)
+        base_seed = int(self.training.get("seed", 0))
+        seeds = self.seeds or (base_seed,)
         out = []
         for entry in self.grid:
             overrides = {k: v for k, v in entry.items() if k not in ("name", "recipe")}
@@ -275,17 +290,45 @@ class Profile:
             if "recipe" in entry and "name" not in entry:
                 entry = {**entry, "name": f"{entry['feature']}_{entry['loss']}_"
                                           f"{entry['recipe']}"}
+            base = entry["name"] if "name" in entry else run_name(
+                overrides, seed=base_seed, base_training=self.training)
             for seed in seeds:
                 fields = {**self.training, **recipe, **overrides, "seed": seed}
                 if fields.get("alpha") is not None:
                     fields["alpha"] = tuple(float(a) for a in fields["alpha"])
                 config = TrainConfig(**fields)
                 if "name" in entry:
-                    name = entry["name"] + seed_suffix(
-                        seed, base_seed=int(self.training.get("seed", 0)))
+                    name = entry["name"] + seed_suffix(seed, base_seed=base_seed)
                 else:
                     name = run_name(overrides, seed=seed, base_training=self.training)
-                out.append((name, config))
+                out.append((base, name, config))
+        return out
+
+    def fusion_runs(self) -> list[tuple[str, str, str]]:
+        """(fused run, deep run, baseline run) folder names of the profile's ``fusion:``
+        entries, one per seed: grid entry ``of``'s run of each seed fused with the
+        ``baseline_<with>`` run of the same seed into ``fusion_<of>_<with>`` (plus
+        ``_seed<k>`` as every run of that seed); empty without ``fusion:``."""
+        from serlib.studies import seed_suffix
+
+        base_seed = int(self.training.get("seed", 0))
+        by_base: dict[str, list] = {}
+        for base, name, config in self._grid_runs():
+            by_base.setdefault(base, []).append((name, config.seed))
+        out = []
+        for entry in self.fusion:
+            of, model = entry["of"], entry["with"]
+            if of not in by_base:
+                raise SerlibError(f"fusion: of={of!r} is not a grid entry of this profile "
+                                  f"(its grid runs: {', '.join(by_base)})")
+            if model not in self.baselines:
+                raise SerlibError(f"fusion: with={model!r} is not among the profile's "
+                                  f"baselines ({', '.join(self.baselines) or 'none'}); add it "
+                                  "to baselines:")
+            for name, seed in by_base[of]:
+                suffix = seed_suffix(seed, base_seed=base_seed)
+                out.append((f"fusion_{of.replace('/', '-')}_{model}{suffix}", name,
+                            f"baseline_{model}{suffix}"))
         return out
 
     def study_runs(self) -> list[tuple[str, object]]:
@@ -330,6 +373,7 @@ class Profile:
         try:
             runs = self.runs()   # building each TrainConfig validates every field, named
             self.all_runs()      # and the studies' runs
+            self.fusion_runs()   # and what the fusion entries name
         except TypeError as error:
             raise SerlibError(f"{where}: training: {error}") from None
         except SerlibError as error:
@@ -667,7 +711,7 @@ def run_profile_grid(profile: str | Profile, *, out_dir: str | os.PathLike = "_b
         if unknown:
             raise SerlibError(f"profile {profile.name!r} has no study {', '.join(unknown)} "
                               f"(it has: {', '.join(profile.studies) or 'none'})")
-        profile = dataclasses.replace(profile, grid=(), baselines=(),
+        profile = dataclasses.replace(profile, grid=(), baselines=(), fusion=(),
                                       studies={k: profile.studies[k] for k in studies})
     settings = profile.engine
     # checked before anything is written: run names, engine and its settings
@@ -738,13 +782,39 @@ def _select_and_train(profile: Profile, all_runs, out: Path, *, data_root, manif
 
     # a controlled-imbalance run the corpus has too few clips for is named and skipped
     runs = feasible_runs(all_runs, selection, say=(lambda _: None) if quiet else print)
-    return run_grid(runs, selection=paths["selection"], cache_dir=paths["cache"],
-                    runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
-                    jobs=jobs if jobs is not None else settings.get("jobs"),
-                    jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
-                    else settings.get("jobs_per_gpu"),
-                    address=address if address is not None else settings.get("address"),
-                    batched=batched, progress=not quiet)
+    result = run_grid(runs, selection=paths["selection"], cache_dir=paths["cache"],
+                      runs_dir=paths["runs"], engine=engine or settings.get("name", "local"),
+                      jobs=jobs if jobs is not None else settings.get("jobs"),
+                      jobs_per_gpu=jobs_per_gpu if jobs_per_gpu is not None
+                      else settings.get("jobs_per_gpu"),
+                      address=address if address is not None else settings.get("address"),
+                      batched=batched, progress=not quiet)
+    if result.ok:
+        write_profile_fusions(profile, Path(paths["runs"]), quiet=quiet)
+    return result
+
+
+def write_profile_fusions(profile: Profile, runs_dir: Path, *, quiet: bool = True
+                          ) -> list[Path]:
+    """Write the run folder of every fused run of the profile (:meth:`Profile.fusion_runs`)
+    from its finished deep and baseline runs (:func:`serlib.fusion.fuse_runs`: each fold's
+    weight chosen on the two runs' out-of-fold predictions of the other folds, never on its
+    test part; a baseline keeps no validation predictions). Post-hoc and cheap: rewritten on
+    every build, so it always matches the runs it fuses. Returns the folders written."""
+    from serlib.fusion import fuse_runs, write_fused_run
+
+    written = []
+    for fused, deep, baseline in profile.fusion_runs():
+        for name in (deep, baseline):
+            if not (runs_dir / name / "summary.json").is_file():
+                raise SerlibError(f"fusion {fused}: run {name} is not finished in {runs_dir}")
+        run = fuse_runs(runs_dir / deep, runs_dir / baseline, source="other-folds")
+        written.append(write_fused_run(run, runs_dir / fused))
+        if not quiet:
+            weights = " ".join(f"{w:g}" for w in run.summary["fusion"]["weights"].values())
+            print(f"[fusion] {fused}: {deep} x w + {baseline} x (1 - w), w per fold "
+                  f"{weights}; UA {100 * run.summary['ua_mean']:.1f} %", flush=True)
+    return written
 
 
 def build_book(*, profile: str | Profile = "smoke", out_dir: str | os.PathLike = "_build",

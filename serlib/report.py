@@ -19,7 +19,14 @@ from serlib.config import RECIPES
 from serlib.errors import SerlibError
 from serlib.labels import PAPER_CLASSES, SHORT_NAMES
 from serlib.posthoc import logit_adjust
-from serlib.results import BASELINE_LABELS, Run, load_run, pooled_fold_summary
+from serlib.results import (
+    BASELINE_LABELS,
+    Run,
+    fusion_sources,
+    is_fusion,
+    load_run,
+    pooled_fold_summary,
+)
 from serlib.stats import (
     Comparison,
     Inference,
@@ -374,15 +381,16 @@ def recipe_comparison(reference: Run | list[Run] | None, beside: dict[str, Run |
                       alpha: float = 0.05,
                       n_resamples: int = 1000, seed: int = 0,
                       labels: dict[str, str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """The paper's recipe, the strong recipe and the measured baselines side by side.
+    """The paper's recipe, the strong recipe, the fused runs and the measured baselines side
+    by side.
 
     Parameters
     ----------
     reference : Run, list of Run (one per seed) or None
         The paper's recipe on this build's corpus (``mfcc_focal``).
     beside : dict of str to Run or list of Run
-        :func:`serlib.results.beside_runs`: the strong recipe and the baselines, by folder
-        (``seeds=True``: every seed, paired seed by seed).
+        :func:`serlib.results.beside_runs`: the strong recipe, the fused runs and the
+        baselines, by folder (``seeds=True``: every seed, paired seed by seed).
     labels : dict of str to str, optional
         Row names by folder (default: the folder names).
 
@@ -392,7 +400,8 @@ def recipe_comparison(reference: Run | list[Run] | None, beside: dict[str, Run |
         One row per run (WA, UA as mean ± std over folds, macro-F1, in %), and markdown bullet
         sentences: each run against the paper's recipe (paired over the same utterances, or
         "not paired" with the reason when the folds differ), the strong recipe against each
-        baseline, a note on each strong-recipe run narrower or shorter than the recipe
+        baseline, each fused run against each of the two runs it fuses (where shown), a note
+        on each strong-recipe run narrower or shorter than the recipe
         (:data:`serlib.config.RECIPES`), and which run has the highest UA.
     """
     labels = labels or {}
@@ -421,12 +430,21 @@ def recipe_comparison(reference: Run | list[Run] | None, beside: dict[str, Run |
         if reference is not None:
             sentences.append(paired(reference, run, labels.get(folder, folder),
                                     "it beats the paper's recipe"))
-    strong = {f: r for f, r in beside.items() if f not in BASELINE_LABELS}
+    strong = {f: r for f, r in beside.items() if f not in BASELINE_LABELS and not is_fusion(f)}
     baselines = {f: r for f, r in beside.items() if f in BASELINE_LABELS}
     for sf, srun in strong.items():
         for bf, brun in baselines.items():
             sentences.append(paired(brun, srun, f"{labels.get(sf, sf)} against "
                                     f"{labels.get(bf, bf)}", "it beats the baseline"))
+    for ff, frun in beside.items():       # a fused run against each run it was made of
+        if not is_fusion(ff):
+            continue
+        for source, claim in zip(fusion_sources(frun), ("it beats the deep run it fuses",
+                                                        "it beats the baseline it fuses"),
+                                 strict=True):
+            if source in beside:
+                sentences.append(paired(beside[source], frun, f"{labels.get(ff, ff)} against "
+                                        f"{labels.get(source, source)}", claim))
     recipe = RECIPES["strong"]
     for folder, run in strong.items():
         width, epochs = _listed(run)[0].summary.get("width"), _listed(run)[0].summary.get(

@@ -121,15 +121,37 @@ BASELINE_LABELS = {
 _FEATURE_NAMES = {"spectrogram": "Spectrogram", "mfcc": "MFCC"}
 
 
+#: Folder prefix of a fused run (:mod:`serlib.fusion`, a profile's ``fusion:`` entries).
+FUSION_PREFIX = "fusion_"
+
+
+def is_fusion(name: str) -> bool:
+    """Whether a :func:`beside_runs` folder name is a fused run."""
+    return name.startswith(FUSION_PREFIX)
+
+
+def fusion_sources(run: Run | list[Run]) -> tuple[str, str]:
+    """The two runs a fused run was made of, as folder names without ``_seed<k>``:
+    (deep run, baseline run), from its ``summary.json`` ``fusion`` record."""
+    record = _as_list(run)[0].summary.get("fusion")
+    if not record:
+        raise SerlibError(f"{_as_list(run)[0].path}: not a fused run (no fusion record)")
+    return tuple(_SEEDED.match(Path(record[key]).name)["base"]
+                 for key in ("deep", "baseline"))
+
+
 def beside_runs(runs_dir: str | os.PathLike, *, seeds: bool = False
                 ) -> dict[str, Run] | dict[str, list[Run]]:
     """The finished runs of ``runs_dir`` shown beside the paper's method, by folder name:
-    those of the strong recipe (``<feature>_<loss>_strong``, as a profile names them), then
-    the measured baselines (:data:`BASELINE_LABELS`). ``seeds=True``: each name maps to its
-    runs over seeds (:func:`seed_runs`: ``name`` and ``name_seed<k>``)."""
+    those of the strong recipe (``<feature>_<loss>_strong``, as a profile names them), the
+    fused runs (``fusion_<run>_<baseline>``), then the measured baselines
+    (:data:`BASELINE_LABELS`). ``seeds=True``: each name maps to its runs over seeds
+    (:func:`seed_runs`: ``name`` and ``name_seed<k>``)."""
     runs_dir = Path(runs_dir)
     strong = sorted(p.parent.name for p in runs_dir.glob("*_strong/summary.json"))
-    names = [name for name in [*strong, *BASELINE_LABELS]
+    fused = sorted(p.parent.name for p in runs_dir.glob(f"{FUSION_PREFIX}*/summary.json")
+                   if _SEEDED.match(p.parent.name)["seed"] is None)
+    names = [name for name in [*strong, *fused, *BASELINE_LABELS]
              if (runs_dir / name / "summary.json").is_file()]
     if seeds:
         return {name: seed_runs(runs_dir, name) for name in names}
@@ -138,9 +160,15 @@ def beside_runs(runs_dir: str | os.PathLike, *, seeds: bool = False
 
 def beside_label(name: str, run: Run) -> str:
     """The row label of a :func:`beside_runs` run: ``"Ours: Spectrogram + focal loss, strong
-    recipe"`` (from its summary) or the baseline's :data:`BASELINE_LABELS` entry."""
+    recipe"`` (from its summary), ``"Fusion (late, measured): the strong recipe + logistic
+    regression ..."`` or the baseline's :data:`BASELINE_LABELS` entry."""
     if name in BASELINE_LABELS:
         return BASELINE_LABELS[name]
+    if is_fusion(name):
+        deep, baseline = fusion_sources(run)
+        what = "the strong recipe" if deep.endswith("_strong") else deep
+        other = BASELINE_LABELS.get(baseline, baseline).split(": ", 1)[-1]
+        return f"Fusion (late, measured): {what} + {other}"
     s = _as_list(run)[0].summary
     feature = _FEATURE_NAMES.get(s.get("feature"), str(s.get("feature")))
     return f"Ours: {feature} + {s.get('loss')} loss, strong recipe"

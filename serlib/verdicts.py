@@ -12,7 +12,8 @@ loss raises the recall of the rare classes (Tables 2 -> 3; the rare classes of *
 the literature rows of Table 1 (testable only on IEMOCAP under the row's own protocol).
 Ours: speaker leakage inflates the score; focal loss beats each other imbalance remedy and the
 best of them; the deep model beats the measured baselines; the strong recipe beats the
-paper's (optimistic where it was chosen on the same corpus).
+paper's (optimistic where it was chosen on the same corpus); a fused run (a profile's
+``fusion:``, :mod:`serlib.fusion`) beats each of the two runs it fuses.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ import pandas as pd
 from serlib import paper
 from serlib.corpus_facts import CorpusFacts, run_facts
 from serlib.errors import SerlibError
-from serlib.results import BASELINE_LABELS, beside_runs, load_seeded_runs
+from serlib.results import (
+    BASELINE_LABELS,
+    beside_runs,
+    fusion_sources,
+    is_fusion,
+    load_seeded_runs,
+    seed_runs,
+)
 from serlib.stats import (
     MetricTest,
     compare_fold_values,
@@ -228,7 +236,7 @@ def verdict_table(runs_dir: str | os.PathLike, *, studies: dict, training: dict,
     optimistic = (f"the strong recipe was chosen on {corpus}'s inner splits: this estimate is "
                   "optimistic here" if facts.corpus in RECIPE_CHOSEN_ON else "")
     for name, runs in beside.items():
-        if name in BASELINE_LABELS or not paper_recipe:
+        if name in BASELINE_LABELS or is_fusion(name) or not paper_recipe:
             continue
         _tested(rows, lambda r=runs: _pair(compare_runs(paper_recipe, r, **kw())),
                 claim="The strong recipe beats the paper's recipe", by="ours", paper_words="",
@@ -242,7 +250,44 @@ def verdict_table(runs_dir: str | os.PathLike, *, studies: dict, training: dict,
                         paper_words="", corpus=corpus, protocol=_protocol(facts, runs),
                         metrics=("ua",), chapter="Results, recipes and baselines",
                         note=optimistic)
+    _fusion_rows(rows, beside, runs_dir=runs_dir, corpus=corpus, facts=facts,
+                 optimistic=optimistic, kw=kw)
     return _finish(rows, alpha=alpha)
+
+
+#: What a fused run is, in the verdicts' note (serlib.fusion).
+FUSION_NOTE = ("late fusion: w * p(deep run) + (1 - w) * p(baseline), w per test fold chosen "
+               "by UA on that fold's training part (out-of-fold or validation predictions), "
+               "never on the test fold")
+
+
+def _short(baseline: str) -> str:
+    return BASELINE_LABELS.get(baseline, baseline).split(": ", 1)[-1]
+
+
+def _fusion_rows(rows: list[_Row], beside: dict, *, runs_dir, corpus, facts, optimistic,
+                 kw) -> None:
+    """One row per fused run and each of the two runs it fuses: the fusion beats it (UA)."""
+    for name, runs in beside.items():
+        if not is_fusion(name):
+            continue
+        deep, baseline = fusion_sources(runs)
+        what = "the strong recipe" if deep.endswith("_strong") else deep
+        note = FUSION_NOTE + (f"; {optimistic}" if optimistic and deep.endswith("_strong")
+                              else "")
+        for source, label in ((deep, what), (baseline, _short(baseline))):
+            claim = f"Fusion ({what} + {_short(baseline)}) beats {label}"
+            found = beside.get(source) or seed_runs(runs_dir, source)
+            if not found:
+                rows.append(_Row(claim, "ours", "", corpus, _protocol(facts, runs), "UA",
+                                 "Results, recipes and baselines",
+                                 verdict="not run in this build",
+                                 note=f"no run {source} in this build"))
+                continue
+            _tested(rows, lambda f=found, r=runs: _pair(compare_runs(f, r, **kw())),
+                    claim=claim, by="ours", paper_words="", corpus=corpus,
+                    protocol=_protocol(facts, runs), metrics=("ua",),
+                    chapter="Results, recipes and baselines", note=note)
 
 
 def _pair(comparison) -> dict:
@@ -361,4 +406,5 @@ def verdict_note(*, alpha: float, seeds) -> str:
             "row of this table.")
 
 
-__all__ = ["COLUMNS", "LITERATURE", "RECIPE_CHOSEN_ON", "verdict_note", "verdict_table"]
+__all__ = ["COLUMNS", "FUSION_NOTE", "LITERATURE", "RECIPE_CHOSEN_ON", "verdict_note",
+           "verdict_table"]
