@@ -81,8 +81,19 @@ def _diff(inference: Inference) -> str:
     return f"{100 * inference.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
 
+def format_p(p: float, *, missing: str = "—") -> str:
+    """A p-value for tables: three decimals, ``< 0.001`` below that, ``missing`` if NaN."""
+    return missing if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+
+
 def _p(p: float) -> str:
-    return "—" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+    return format_p(p)
+
+
+def _p_clause(p: float) -> str:
+    """``p = 0.094`` or ``p < 0.001`` for a sentence."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
 def _mde(inference: Inference) -> str:
@@ -366,7 +377,7 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None =
     parts = []
     for m in ("ua", "wa"):
         inf = infer(c.metric(m), direction=direction, alpha=alpha)
-        parts.append(f"{m.upper()} {_diff(inf)} points (one-sided p = {_p(inf.p)}, "
+        parts.append(f"{m.upper()} {_diff(inf)} points (one-sided {_p_clause(inf.p)}, "
                      f"{inf.verdict}; detectable at 80 % power: {_mde(inf)})")
     level = round(100 * (1 - 2 * alpha))
     unit = (f"mean of {c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), "

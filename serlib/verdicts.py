@@ -87,7 +87,9 @@ def _pts(x: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "" if not np.isfinite(p) else (f"{p:.3f}" if p >= 0.001 else "< 0.001")
+    from serlib.report import format_p
+
+    return format_p(p, missing="")
 
 
 def _protocol(facts: CorpusFacts, runs) -> str:

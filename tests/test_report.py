@@ -65,6 +65,9 @@ def test_leakage_table_pairs_protocols_by_utterance(runs_dir):
     assert table.loc[("mfcc", "focal"), "Δ UA [90 % CI]"] == (
         f"{100 * inf.effect:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
     assert "bootstrap" not in text        # one interval per verdict: the one that decides
+    assert "p = <" not in text            # "p < 0.001", never "p = < 0.001"
+    expected = "p < 0.001" if inf.p < 0.001 else f"p = {inf.p:.3f}"
+    assert f"one-sided {expected}," in text
     with pytest.raises(SerlibError, match="direction"):      # words must follow the numbers
         verdict_sentence("x", c, v, claim="leakage inflates", alpha=0.05, direction=1)
 
@@ -192,3 +195,13 @@ def test_recipe_comparison_pairs_each_run_and_names_the_best(tmp_path):
     full.summary.update(width=32, epochs=30)
     _, again = recipe_comparison(reference, {"mfcc_focal_strong": full}, n_resamples=50)
     assert not any("ran at width" in line for line in again)
+
+
+@pytest.mark.parametrize("p, table, clause", [(0.0942, "0.094", "p = 0.094"),
+                                              (0.0004, "< 0.001", "p < 0.001"),
+                                              (float("nan"), "—", "p = —")])
+def test_p_values_read_the_same_in_tables_and_sentences(p, table, clause):
+    from serlib.report import _p_clause, format_p
+
+    assert format_p(p) == table
+    assert _p_clause(p) == clause
