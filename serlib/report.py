@@ -350,7 +350,7 @@ def minority_shift_table(rows: list[StudyRow], runs: dict[str, list[Run]], *,
 
 # ----------------------------------------------------------------------------- sentences
 _VERB = {"agrees": "agrees with", "contradicts": "contradicts",
-         "inconclusive": "is inconclusive about"}
+         "inconclusive": "is inconclusive on"}
 
 
 def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None = None, *,
@@ -370,10 +370,9 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None =
         raise SerlibError(f"verdicts {verdicts} were not computed with direction={direction} "
                           f"and alpha={alpha:g} ({words})")
     if words["ua"] == words["wa"]:
-        word = {"agrees": "agrees with", "contradicts": "contradicts",
-                "inconclusive": "is inconclusive on"}[words["ua"]]
-    else:
-        word = (f"{_VERB[words['ua']]} on UA and {_VERB[words['wa']]} on WA")
+        head = f"{_VERB[words['ua']]} the claim that {claim}"
+    else:   # e.g. "on the claim that X: inconclusive on UA, agrees on WA"
+        head = f"on the claim that {claim}: {words['ua']} on UA, {words['wa']} on WA"
     parts = []
     for m in ("ua", "wa"):
         inf = infer(c.metric(m), direction=direction, alpha=alpha)
@@ -383,7 +382,7 @@ def verdict_sentence(label: str, comparison: Comparison, verdicts: dict | None =
     unit = (f"mean of {c.n} paired fold differences ({len(c.seeds)} seed(s) x folds), "
             "corrected resampled t-test" if c.paired_by == "fold"
             else f"mean of {c.n} paired speaker differences, paired t-test over speakers")
-    return (f"**{label}** {word} the claim that {claim}: {parts[0]}, {parts[1]}; {unit}, "
+    return (f"**{label}** {head}: {parts[0]}, {parts[1]}; {unit}, "
             f"one-sided at alpha = {alpha:g} with {level} % intervals.")
 
 

@@ -205,3 +205,19 @@ def test_p_values_read_the_same_in_tables_and_sentences(p, table, clause):
 
     assert format_p(p) == table
     assert _p_clause(p) == clause
+
+
+def test_mixed_verdicts_read_as_one_sentence(runs_dir, monkeypatch):
+    """UA and WA verdicts that differ are named per metric after the claim (not 'is
+    inconclusive about on UA and agrees with on WA the claim')."""
+    import serlib.report as report
+
+    rows, runs = _study(runs_dir, "leakage")
+    c, _ = compare_rows(rows, runs, alpha=0.05, direction=-1,
+                        n_resamples=200)["mfcc, focal, session"]
+    monkeypatch.setattr(report, "verdict", lambda *a, **k: {"ua": "inconclusive",
+                                                            "wa": "agrees"})
+    text = report.verdict_sentence("MFCC + focal", c, claim="leakage inflates", alpha=0.05,
+                                   direction=-1)
+    assert text.startswith("**MFCC + focal** on the claim that leakage inflates: "
+                           "inconclusive on UA, agrees on WA: UA ")
