@@ -137,6 +137,8 @@ def derived_run(source: Run, *, folds: list[dict], predictions: pd.DataFrame, ke
         "ua_mean": mean_std("ua")[0], "ua_std": mean_std("ua")[1],
         "macro_f1_mean": mean_std("macro_f1")[0], "folds": folds,
         "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
+        # it trains nothing: the source's training time is the source's, not this run's
+        "wall_seconds": None,
         key: record})
     config = {**copy.deepcopy(source.config), key: record}
     return Run(path=source.path, summary=summary, config=config, folds=folds,

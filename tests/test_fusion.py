@@ -131,6 +131,8 @@ def test_fused_probabilities_are_the_weighted_mean(pair):
     assert fused.folds[2]["ua"] == pytest.approx(classification_report_dict(
         y[test], want[test].argmax(1), class_names=PAPER_CLASSES)["ua"])
     assert fused.summary["fusion"]["weights"]["3"] == weights[3]
+    # it trains nothing: no training time of its own (the tables show '-', not the deep run's)
+    assert fused.summary["wall_seconds"] is None
 
 
 def test_choose_weight_prefers_the_informative_run_and_breaks_ties_near_half():
