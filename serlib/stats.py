@@ -467,17 +467,10 @@ def compare_runs(reference: RunLike | Sequence[RunLike], other: RunLike | Sequen
         mean fold difference.
     """
     ref, oth = _as_runs(reference, "reference"), _as_runs(other, "other")
-    check_paired(ref, oth)
-    rows, ratios = [], []
-    for a, b in zip(ref, oth, strict=True):
-        fb = {int(m["fold"]): m for m in b.folds}
-        for m in a.folds:
-            k = int(m["fold"])
-            rows.append({"seed": run_seed(a), "fold": k, "d_wa": fb[k]["wa"] - m["wa"],
-                         "d_ua": fb[k]["ua"] - m["ua"]})
-            ratios.append(m["n_test"] / (m["n_train"] + m.get("n_val", 0)))
-    diffs = pd.DataFrame(rows)
-    ratio = float(np.mean(ratios))
+    pairs, ratio = _fold_pairs(ref, oth)
+    diffs = pd.DataFrame([{"seed": run_seed(a), "fold": int(m["fold"]),
+                           "d_wa": mo["wa"] - m["wa"], "d_ua": mo["ua"] - m["ua"]}
+                          for a, m, mo in pairs])
     boot = speaker_bootstrap(_paired_predictions(ref, oth), n_resamples=n_resamples, seed=seed,
                              level=level)
     tests = {name: _metric_test(name, diffs[f"d_{name}"].to_numpy(), ratio=ratio, level=level,
@@ -486,6 +479,20 @@ def compare_runs(reference: RunLike | Sequence[RunLike], other: RunLike | Sequen
     return Comparison(reference=_label(ref), other=_label(oth), paired_by="fold",
                       differences=diffs, n=len(diffs), test_train_ratio=ratio, level=level,
                       seeds=tuple(run_seed(r) for r in ref), **tests)
+
+
+def _fold_pairs(ref: list, oth: list) -> tuple[list[tuple], float]:
+    """The folds of paired runs (checked by :func:`check_paired`), seed by seed: ``(run,
+    reference fold metrics, other fold metrics)`` per fold, and the mean test / training size
+    ratio of the reference folds (the corrected resampled t-test's correction)."""
+    check_paired(ref, oth)
+    pairs, ratios = [], []
+    for a, b in zip(ref, oth, strict=True):
+        fb = {int(m["fold"]): m for m in b.folds}
+        for m in a.folds:
+            pairs.append((a, m, fb[int(m["fold"])]))
+            ratios.append(m["n_test"] / (m["n_train"] + m.get("n_val", 0)))
+    return pairs, float(np.mean(ratios))
 
 
 def compare_fold_values(reference: RunLike | Sequence[RunLike],
@@ -498,17 +505,11 @@ def compare_fold_values(reference: RunLike | Sequence[RunLike],
     No bootstrap: the pooled fields hold the mean and its t-interval.
     """
     ref, oth = _as_runs(reference, "reference"), _as_runs(other, "other")
-    check_paired(ref, oth)
-    diffs, ratios = [], []
-    for a, b in zip(ref, oth, strict=True):
-        fb = {int(m["fold"]): m for m in b.folds}
-        for m in a.folds:
-            diffs.append(float(value(fb[int(m["fold"])])) - float(value(m)))
-            ratios.append(m["n_test"] / (m["n_train"] + m.get("n_val", 0)))
-    d = np.asarray(diffs)
-    mean, se, df = paired_t(d, test_train_ratio=float(np.mean(ratios)))
+    pairs, ratio = _fold_pairs(ref, oth)
+    d = np.asarray([float(value(mo)) - float(value(m)) for _, m, mo in pairs])
+    mean, se, df = paired_t(d, test_train_ratio=ratio)
     ci = t_interval(mean, se, df, level=level)
-    return _metric_test(name, d, ratio=float(np.mean(ratios)), level=level,
+    return _metric_test(name, d, ratio=ratio, level=level,
                         boot=(mean, ci, None), test="corrected resampled t-test")
 
 
