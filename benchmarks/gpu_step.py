@@ -27,26 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from gpu_grid import SHAPES, flops_per_clip, matmul_peak_tflops  # benchmarks/ (on sys.path)
 
 from serlib.batched import grouped_network
 from serlib.models import ResNet18
-
-SHAPES = {"spectrogram": (128, 259), "mfcc": (40, 259)}
-
-
-def peak_tflops(device, n=8192) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    a @ b
-    times = []
-    for _ in range(10):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times) / 1e12
 
 
 def build(members: int, *, width: int, layout, device, capturable: bool):
@@ -114,14 +98,6 @@ def variant(name, *, members, graph, layout, feature, width, batch, amp, steps, 
             "fold_samples_per_s": round(members * batch / ms * 1e3, 1)}
 
 
-def flops_per_sample(feature, width) -> float:
-    model = ResNet18(width=width)
-    x, y = torch.randn(4, 1, *SHAPES[feature]), torch.randint(0, 4, (4,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / 4
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_step.json")
@@ -138,10 +114,10 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     out = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "width": args.width, "batch": 32, "rows": []}
-    out["peak_tflops"] = round(peak_tflops(device), 1) if device.type == "cuda" else None
+    out["peak_tflops"] = round(matmul_peak_tflops(), 1) if device.type == "cuda" else None
     cl, nchw = torch.channels_last, torch.contiguous_format
     for feature in args.features:
-        flops = flops_per_sample(feature, args.width)
+        flops = flops_per_clip(feature, args.width)
         plan = [("alone_eager", 1, False, cl), ("alone_graph", 1, True, cl)]
         for k in args.members:
             plan += [(f"grouped{k}_eager", k, False, cl),
