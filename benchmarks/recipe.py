@@ -7,7 +7,10 @@ Two modes, both on ``manifest_folds.csv`` (``--protocol session --folds 5``):
   its training part, at the final epoch: every candidate trains a fixed number of epochs, so
   the score is not a maximum over epochs). Test folds are never scored here. With
   ``--nested``, the score is leave-one-pair-out inside each fold's training part instead
-  (:func:`inner_folds`: four trainings a fold, every training clip validated once).
+  (:func:`inner_folds`: four trainings a fold, every training clip validated once). With
+  ``--seeds`` and ``--outer-validation``, it is the UA on the speakers the strong recipe
+  would validate on, held out of every candidate's training (:func:`held_out_folds`; round 6:
+  a candidate without a validation part is scored the same way).
 - ``--final``: the measured baselines, the chosen recipe (``serlib.config.RECIPES["strong"]``)
   and, with ``--with-paper`` / ``--also``, the paper's recipe and other candidates on the test
   folds: WA, UA, macro-F1, wall and process CPU time, one row each.
@@ -107,6 +110,14 @@ CANDIDATES.update({
     "strong": dict(_STRONG),
     "strong-steps240": {**_STRONG, "min_steps": 240},
     "strong-x3seeds": {**_STRONG, "seed_ensemble": 3},
+})
+#: Round 6 (issue 21, a later session): the strong recipe trained on the whole training part.
+#: It keeps the last epoch of a fixed schedule, so its validation speaker chooses nothing and
+#: is only data left out (1 of 8 training speakers, 1 of 4 at the smallest size). Screened
+#: with ``--outer-validation`` (both candidates scored on the same held-out speaker, which
+#: neither trains on), over seeds 0, 1, 2 and 8, 6 and 4 training speakers per fold.
+CANDIDATES.update({
+    "strong-whole": {**_STRONG, "val_fraction": 0.0},
 })
 
 
@@ -210,9 +221,32 @@ def subset_folds(folds: list, sessions: np.ndarray, *, pairs: int, seed: int = 0
     return out
 
 
+def held_out_folds(folds: list, labels: np.ndarray, groups: np.ndarray, *, seed: int,
+                   fraction: float = 0.1) -> list:
+    """Each outer fold's training part split into (rest, held-out speakers) as the strong
+    recipe's own validation split is drawn (:func:`serlib.splits.validation_split`, seed
+    ``seed * 1000 + k``): the candidates train on the rest (and split it further if they keep
+    a validation part) and are scored on the held-out speakers. The outer test folds are
+    never used."""
+    from serlib.splits import validation_split
+
+    return [validation_split(train_idx, labels, fraction=fraction, seed=seed * 1000 + k,
+                             groups=groups)
+            for k, (train_idx, _) in enumerate(folds, start=1)]
+
+
+def held_out_ua(results: list, labels) -> float:
+    """Mean over folds of the UA on each fold's held-out speakers (:func:`held_out_folds`)."""
+    return float(np.mean([
+        classification_report_dict(labels[r["test_idx"]], r["probabilities"].argmax(1),
+                                   class_names=PAPER_CLASSES)["ua"] for r in results]))
+
+
 def kept_validation_ua(results: list, labels) -> float:
     """Mean over folds of the UA of the kept model (a seed ensemble: its mean probabilities)
-    on each fold's inner, speaker-disjoint validation part."""
+    on each fold's inner, speaker-disjoint validation part; NaN for a recipe without one."""
+    if any(not len(r["val_idx"]) for r in results):
+        return float("nan")
     return float(np.mean([
         classification_report_dict(labels[r["val_idx"]], r["val_probabilities"].argmax(1),
                                    class_names=PAPER_CLASSES)["ua"] for r in results]))
@@ -280,6 +314,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, nargs="+", default=[4], metavar="P",
                         help="round 5, with --seeds: training speaker pairs per fold (4 = all "
                         "8 speakers; 3 and 2 = 6 and 4 speakers, subsets drawn once per fold)")
+    parser.add_argument("--outer-validation", action="store_true",
+                        help="round 6, --screen with --seeds: score every candidate on the "
+                        "speakers the strong recipe would validate on, held out of its "
+                        "training (so a candidate without a validation part is scored too)")
     parser.add_argument("--skip-strong", action="store_true",
                         help="round 5, --final: only the --also candidates (strong scored "
                         "already)")
@@ -376,10 +414,14 @@ def round5(args, data) -> int:
                 selection, features, labels, lengths, folds, groups = data(config.feature)
                 sessions = selection["session"].astype(str).to_numpy()
                 folds = subset_folds(folds, sessions, pairs=pairs)
+                if args.outer_validation and args.screen:
+                    folds = held_out_folds(folds, labels, groups, seed=seed)
                 results, cost = train(config, features, labels, lengths, folds, groups,
                                       jobs=args.jobs)
+                score = held_out_ua if args.outer_validation and args.screen \
+                    else kept_validation_ua
                 row = {"recipe": name, "pairs": pairs, "speakers": 2 * pairs, "seed": seed,
-                       "val_ua": round(kept_validation_ua(results, labels), 4),
+                       "val_ua": round(score(results, labels), 4),
                        **{k: round(v, 1) for k, v in cost.items()}}
                 if args.final:
                     row.update(test_row(results, labels))

@@ -275,8 +275,6 @@ class _Trainee:
         """Score the validation part (``probs`` (n_val, C)), keep the best epoch, decide on
         stopping; as :func:`serlib.training._train_epochs`."""
         from serlib import training
-        from serlib.labels import PAPER_CLASSES
-        from serlib.metrics import classification_report_dict
 
         config = self.config
         train_loss = float(self.total) / max(self.count, 1)
@@ -287,11 +285,8 @@ class _Trainee:
                                        epoch=self.epoch)
         if self.scheduler is not None:
             self.scheduler.step()
-        val_y = self.val.y.cpu()
-        val_loss = float(self.criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))),
-                                        val_y))
-        report = classification_report_dict(val_y.numpy(), probs.argmax(1),
-                                            class_names=PAPER_CLASSES)
+        val_loss, report = training.validation_scores(probs, self.val.y.cpu(),
+                                                      criterion=self.criterion)
         self.history.append({"fold": self.member.fold, "epoch": self.epoch,
                              "train_loss": train_loss, "val_loss": val_loss,
                              "val_wa": report["wa"], "val_ua": report["ua"], "lr": self.lr})

@@ -199,15 +199,17 @@ def _labels(frame: pd.DataFrame) -> np.ndarray:
 
 def read_validation(run_dir: str | os.PathLike, fold: int) -> pd.DataFrame:
     """``fold_<fold>/validation.csv`` of a run; raises :class:`SerlibError` saying why when a
-    run has none (written before validation predictions were kept, or by a baseline)."""
+    run has none (written before validation predictions were kept, trained without a
+    validation part, or by a baseline)."""
     from serlib.runs import VALIDATION_FILE, fold_dir, read_run_csv
 
     path = fold_dir(run_dir, fold) / VALIDATION_FILE
     if not path.is_file():
         raise SerlibError(f"{path}: missing, so no temperature can be fitted for fold {fold}: "
-                          "the run was written before runs kept their validation "
-                          "predictions (or is not a trained run); train it again to scale "
-                          "it, its calibration before scaling is still measurable")
+                          "the run was trained without a validation part (val_fraction=0), "
+                          "or written before runs kept their validation predictions, or is "
+                          "not a trained run; its calibration before scaling is still "
+                          "measurable")
     frame = read_run_csv(path)
     missing = [c for c in ("label", *PROB_COLUMNS) if c not in frame]
     if missing or frame.empty:

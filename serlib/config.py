@@ -35,7 +35,7 @@ _ALLOWED = {
     "width": f": an integer from 1 to {MAX_WIDTH} (64 is the paper's network)",
     "lr": ": a finite number > 0", "weight_decay": ": a finite number >= 0",
     "gamma": ": a finite number >= 0", "beta": ": a finite number in [0, 1)",
-    "val_fraction": ": a finite number in (0, 1)", "mixup": ": a finite number >= 0",
+    "val_fraction": ": a finite number in [0, 1)", "mixup": ": a finite number >= 0",
     "dropout": ": a finite number in [0, 1)", "label_smoothing": ": a finite number in [0, 1)",
     "freq_warp": ": a finite number in [0, 1)",
 }
@@ -72,7 +72,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "cosine"       # "cosine" (to 0 over `epochs`) or "constant"
     val_fraction: float = 0.1      # inner validation split of the training part (whole
-                                   # speakers under the session protocol, see train_fold)
+                                   # speakers under the session protocol, see train_fold);
+                                   # 0: none, the whole training part is trained on (only
+                                   # with select_epoch="last" and patience=0: nothing is
+                                   # chosen on validation; no temperature can be fitted)
     patience: int = 10             # stop after this many epochs without a better val UA; 0: off
     seed: int = 0
     device: str = "auto"           # "auto" (CUDA if available), "cpu", "cuda", "cuda:1", ...
@@ -150,7 +153,7 @@ class TrainConfig:
             "batch_size": _count(self.batch_size) and self.batch_size >= 2,
             "lr": _finite(self.lr) and self.lr > 0,
             "weight_decay": _finite(self.weight_decay) and self.weight_decay >= 0,
-            "val_fraction": _finite(self.val_fraction) and 0 < self.val_fraction < 1,
+            "val_fraction": _finite(self.val_fraction) and 0 <= self.val_fraction < 1,
             "patience": _count(self.patience),
             # each fold seeds numpy, torch and scikit-learn with seed * 1000 + fold, which
             # they take in 0 .. 2**32 - 1
@@ -198,6 +201,11 @@ class TrainConfig:
                 "both weight the classes: give one of them"
             )
 
+        if self.val_fraction == 0 and (self.select_epoch != "last" or self.patience):
+            raise SerlibError(
+                f"TrainConfig.val_fraction=0 (no validation part) leaves nothing to choose the "
+                f"epoch on: it needs select_epoch='last' and patience=0, got "
+                f"select_epoch={self.select_epoch!r} and patience={self.patience}")
         if self.seed_ensemble > 1 and self.ensemble > 1:
             raise SerlibError(
                 f"TrainConfig.seed_ensemble={self.seed_ensemble} and ensemble={self.ensemble}: "

@@ -239,7 +239,8 @@ def write_fold(run_dir: str | os.PathLike, fold: int, *, checkpoint: dict, metri
 
     ``validation``: the chosen epoch's predictions on the fold's validation part (columns of
     :data:`PREDICTION_COLUMNS`), written as ``validation.csv`` (:data:`VALIDATION_FILE`; what
-    :mod:`serlib.calibration` fits a temperature on). A damaged ``fold_<fold>`` already there
+    :mod:`serlib.calibration` fits a temperature on; None: the run has no validation part,
+    ``val_fraction=0``). A damaged ``fold_<fold>`` already there
     is replaced. Returns the fold's folder.
     """
     import torch

@@ -352,6 +352,8 @@ def predict_proba(model: torch.nn.Module, data: _Batches, *, batch_size: int,
         owner_t = torch.tensor(owner)
         total = torch.zeros(len(xb), probs.shape[1]).index_add_(0, owner_t, probs)
         out.append(total / torch.bincount(owner_t, minlength=len(xb))[:, None])
+    if not out:                                             # no clips (an empty part)
+        return np.zeros((0, len(PAPER_CLASSES)), dtype=np.float32)
     return torch.cat(out).numpy()
 
 
@@ -424,8 +426,11 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     seed = config.seed * 1000 + fold
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    fit_idx, val_idx = validation_split(train_idx, labels, fraction=config.val_fraction,
-                                        seed=seed, groups=groups)
+    if config.val_fraction == 0:                            # no validation part
+        fit_idx, val_idx = np.sort(np.asarray(train_idx)), np.array([], dtype=np.int64)
+    else:
+        fit_idx, val_idx = validation_split(train_idx, labels, fraction=config.val_fraction,
+                                            seed=seed, groups=groups)
     if not config.needs_lengths:
         lengths = None                                      # the paper's recipe: every frame
     elif lengths is None:
@@ -616,11 +621,7 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
             scheduler.step()
         probs = predict_proba(model, val, batch_size=2 * config.batch_size, device=device,
                               amp=config.amp, crop_frames=config.crop_frames)
-        # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
-        val_y = val.y.cpu()
-        val_loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), val_y))
-        report = classification_report_dict(val_y.numpy(), probs.argmax(1),
-                                            class_names=PAPER_CLASSES)
+        val_loss, report = validation_scores(probs, val.y.cpu(), criterion=criterion)
         history.append({"fold": fold, "epoch": epoch, "train_loss": train_loss,
                         "val_loss": val_loss, "val_wa": report["wa"], "val_ua": report["ua"],
                         "lr": lr, **({"steps": steps} if config.min_steps else {})})
@@ -638,6 +639,20 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
                 "state": copy.deepcopy(model.state_dict()),
                 "optimizer": copy.deepcopy(optimizer.state_dict())}
     return history, best
+
+
+def validation_scores(probs: np.ndarray, y: torch.Tensor, *,
+                      criterion: Callable) -> tuple[float, dict]:
+    """The loss and the classification report (``wa``, ``ua``, ...) of validation
+    probabilities ``probs`` (n_val, C) against targets ``y`` (n_val,); NaN loss, WA and UA
+    when there is no validation part (``val_fraction=0``)."""
+    if not len(y):
+        nan = float("nan")
+        return nan, {"wa": nan, "ua": nan}
+    # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
+    loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), y))
+    return loss, classification_report_dict(y.numpy(), probs.argmax(1),
+                                            class_names=PAPER_CLASSES)
 
 
 def _check_finite_weights(model: torch.nn.Module, *, config: TrainConfig, fold: int,
@@ -1010,7 +1025,7 @@ def _write_fold(out_dir: Path, setup: RunSetup, fold: int, result: dict) -> dict
         "metrics": metrics,
     }
     validation = None
-    if "val_probabilities" in result:
+    if len(result.get("val_idx", ())):                  # none without a validation part
         validation = _prediction_frame(setup, result["val_idx"],
                                        result["val_probabilities"], fold=fold)   # (n_val, C)
     runs.write_fold(out_dir, fold, checkpoint=checkpoint, metrics=metrics,

@@ -335,3 +335,19 @@ def test_profile_engine_batched_is_what_the_grid_gets(tmp_path, monkeypatch):
     for switch in (None, False, True):
         book.run_profile_grid(profile, out_dir=tmp_path / "out", batched=switch)
     assert seen == [True, False, True]
+
+
+def test_batched_folds_without_a_validation_part_equal_folds_trained_alone(arrays):
+    x, labels, folds = arrays
+    config = TrainConfig(**{**ARRAYS.to_dict(), "val_fraction": 0, "select_epoch": "last",
+                            "patience": 0, "epochs": 2})
+    alone = {r["fold"]: r for r in training.cross_validate_arrays(
+        x, labels, config=config, folds=folds, device="cpu", progress=False)}
+    members = [batched.Member(key=k, config=config, features=x, labels=labels, train_idx=tr,
+                              test_idx=te, fold=k) for k, (tr, te) in enumerate(folds, 1)]
+    together = batched.train_members(members, device="cpu", progress=False)
+    for fold, (train_idx, _) in enumerate(folds, 1):
+        a, b = alone[fold], together[fold]
+        assert a["n_fit"] == b["n_fit"] == len(train_idx) and a["n_val"] == b["n_val"] == 0
+        assert all(np.isnan(h["val_ua"]) for h in b["history"]) and b["best_epoch"] == 2
+        assert_same_predictions(a["probabilities"], b["probabilities"])

@@ -34,6 +34,32 @@ def strong_runs(synthetic_selection, tmp_path_factory):
                           seed_ensemble=n) for n in (1, 2)}
 
 
+def test_run_without_a_validation_part_writes_none_and_predicts_uncalibrated(
+        synthetic_selection, tmp_path):
+    """val_fraction=0: every training clip is fitted on, no fold has validation.csv, and the
+    predictor (torch and ONNX) is the uncalibrated one instead of failing."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from serlib.calibration import has_validation, read_validation
+    from serlib.errors import SerlibError
+
+    run_dir = strong_run(synthetic_selection, tmp_path / "whole", val_fraction=0)
+    assert not has_validation(run_dir)
+    assert not list(run_dir.glob("fold_*/validation.csv"))
+    metrics = json.loads((run_dir / "fold_1" / "metrics.json").read_text())
+    assert metrics["n_val"] == 0
+    with pytest.raises(SerlibError, match="without a validation part"):
+        read_validation(run_dir, 1)
+    calibrated, raw = Predictor.from_run(run_dir), Predictor.from_run(run_dir, calibrated=False)
+    path = synthetic_selection["path"].iloc[0]
+    np.testing.assert_array_equal(calibrated.predict_file(path).probabilities,
+                                  raw.predict_file(path).probabilities)
+    onnx = tmp_path / "whole.onnx"
+    assert main(["export", "--run", str(run_dir), "--onnx", str(onnx)]) == 0
+    np.testing.assert_allclose(Predictor.from_onnx(onnx).predict_file(path).probabilities,
+                               raw.predict_file(path).probabilities, atol=1e-5)
+
+
 @pytest.mark.parametrize("seed_ensemble", [1, 2])
 def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, strong_runs,
                                                        tmp_path, seed_ensemble):

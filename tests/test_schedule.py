@@ -127,3 +127,30 @@ def test_seed_ensemble_predicts_the_mean_of_its_members(tmp_path):
         "class_names": ["neutral", "happiness", "sadness", "anger"]}, path)
     loaded, _ = load_checkpoint(path)
     assert isinstance(loaded, Ensemble) and len(loaded.members) == 2
+
+
+def test_val_fraction_zero_trains_on_the_whole_training_part():
+    """No validation part: every training clip is fitted on, nothing is scored as validation,
+    and the run is the same training as with a validation part given those clips."""
+    config = TrainConfig(epochs=2, width=2, batch_size=4, device="cpu", select_epoch="last",
+                         patience=0, val_fraction=0)
+    whole = train(60, config)
+    assert whole["n_fit"] == 48 and whole["n_val"] == 0 and len(whole["val_idx"]) == 0
+    assert whole["val_probabilities"].shape == (0, 4)
+    assert len(whole["history"]) == 2
+    assert all(np.isnan(h["val_ua"]) and np.isnan(h["val_loss"]) for h in whole["history"])
+    assert whole["best_epoch"] == 2 and np.isfinite(whole["probabilities"]).all()
+    held = train(60, TrainConfig(**{**config.to_dict(), "val_fraction": 0.1}))
+    assert held["n_fit"] + held["n_val"] == 48 and held["n_fit"] < 48
+    assert adam_steps(whole) == 2 * 12 > adam_steps(held)   # more clips, more batches
+
+
+@pytest.mark.parametrize("field", [{"select_epoch": "best", "patience": 0},
+                                   {"select_epoch": "last", "patience": 3}])
+def test_val_fraction_zero_needs_a_fixed_length(field):
+    with pytest.raises(SerlibError, match=r"val_fraction=0 .*select_epoch='last' and "
+                                          r"patience=0"):
+        TrainConfig(val_fraction=0, **field)
+    with pytest.raises(SerlibError, match=r"val_fraction=-0.1 is not valid: a finite number "
+                                          r"in \[0, 1\)"):
+        TrainConfig(val_fraction=-0.1, select_epoch="last", patience=0)
