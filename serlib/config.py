@@ -284,7 +284,8 @@ RECIPES: dict[str, dict] = {
     # rounds 1-3, and ahead of its cross-entropy twin (round 4) on nested leave-one-pair-out
     # validation, by 0.2 points: a tie within the noise (benchmarks/README.md). Round 5
     # (issue 21): neither min_steps=240 nor seed_ensemble=3 met the rule (a higher mean and
-    # no worse worst seed over 3 seeds at every training size screened): unchanged
+    # no worse worst seed over 3 seeds at every training size screened); round 6: neither did
+    # val_fraction=0 (behind at 6 training speakers): unchanged
     "strong": {"feature": "spectrogram", "own_frames": True, "pooling": "meanstd",
                "width": 32, "epochs": 30, "select_epoch": "last", "patience": 0,
                "time_masks": 2, "time_mask_frames": 10, "freq_masks": 2, "freq_mask_bins": 12,
