@@ -21,7 +21,10 @@ every kernel launch:
   scheduler. The summed loss of the members has, for each member's parameters, the gradient
   of that member's own loss. A step where the members' batch sizes differ (the short last
   batch of an epoch when the folds' sizes differ) is taken member by member through the
-  members' own modules.
+  members' own modules. The members share one copy of the features and normalise their
+  rows as they gather them (the per-fold path's values, to the bit).
+- **On the CPU, large blocks from the heap** while a group trains (:func:`heap_allocations`):
+  K-times-wider activations would otherwise be mapped afresh at every step.
 - **Own early stopping and best checkpoint.** A member that stops (patience) or ends (its
   epochs) is written at once (its test predictions from its best weights), then leaves the
   stack: on the CPU the grouped network is rebuilt from the members still training; on CUDA
@@ -36,7 +39,9 @@ tolerance (grouped and plain convolutions round differently), not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import math
 import os
 import time
@@ -52,9 +57,43 @@ from torch import nn
 from serlib.config import TrainConfig
 from serlib.errors import SerlibError
 
-#: At most this many members in one grouped network (memory: each member holds its
-#: normalised copy of the data; on a GPU 2,280 spectrograms are 0.3 GB per member).
+#: At most this many members in one grouped network (memory: the members share one copy of
+#: the features, but activations grow with the number of members).
 MAX_MEMBERS = 16
+
+
+# glibc's mallopt parameters, and the ceilings its dynamic mmap threshold rises to on 64 bits
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_MMAP_THRESHOLD_MAX, _MMAP_MAX_DEFAULT = 32 * 2**20, 65536
+
+
+@contextlib.contextmanager
+def heap_allocations(device: torch.device):
+    """On the CPU with glibc: serve every allocation from the heap while the block runs.
+
+    A grouped network's activations are K times a fold's; at K >= 5 on spectrograms (width 8,
+    batch 32: 42 MB each) they pass glibc's 32 MB ceiling for heap blocks, so every step
+    ``mmap``-ed them afresh and the kernel zeroed them page by page (1.1 million page faults
+    and 1.7 s of system time in 18 steps of 5 folds, ``benchmarks/README.md``); the per-fold
+    network's stay on the heap. Afterwards the process is left as glibc's dynamic threshold
+    leaves it once it has risen (blocks up to 32 MB on the heap) and the heap is trimmed.
+    Elsewhere (CUDA, another C library): nothing changes."""
+    libc = None
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    if libc is None or not (libc.mallopt(_M_MMAP_MAX, 0)
+                            and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX)
+        libc.malloc_trim(0)
 
 
 # ----------------------------------------------------------------------------- what is supported
@@ -210,15 +249,17 @@ class Member:
 class _Trainee:
     """A member's training state, set up as :func:`serlib.training.train_fold` does."""
 
-    def __init__(self, member: Member, *, device: torch.device):
+    def __init__(self, member: Member, *, device: torch.device,
+                 shared: torch.Tensor | None = None):
         from serlib import training
 
         config = member.config
         self.member, self.config, self.device = member, config, device
-        # the data, split, normalisation and loss as train_fold prepares them
+        # the data, split, normalisation and loss as train_fold prepares them; the features
+        # shared with the other members (``shared``, (N, 1, F, T)), normalised as gathered
         parts = training.prepare_fold(member.features, member.labels, member.train_idx,
                                       member.test_idx, config=config, fold=member.fold,
-                                      device=device, groups=member.groups)
+                                      device=device, groups=member.groups, shared=shared)
         self.generator, self.criterion = parts.generator, parts.criterion
         self.fit_idx, self.val_idx = parts.fit_idx, parts.val_idx
         self.mean, self.std = parts.mean, parts.std
@@ -312,14 +353,18 @@ class _Trainee:
 
         config = self.config
         started = time.perf_counter()
-        self.model.load_state_dict(self.best["state"])
-        probabilities = training.predict_proba(self.model, self.test,
+        # a network of its own (compact weights), not the views of the group's storage
+        model = training.build_model(n_classes=len(PAPER_CLASSES), width=config.width,
+                                     pooling=config.pooling, dropout=config.dropout)
+        model.load_state_dict(self.best["state"])
+        model = model.to(self.device, memory_format=torch.channels_last)
+        probabilities = training.predict_proba(model, self.test,
                                                batch_size=2 * config.batch_size,
                                                device=self.device, amp=config.amp)
         training._check_finite_probabilities(probabilities, config=config,
                                              fold=self.member.fold)
         # the kept epoch's validation predictions: what temperature scaling is fitted on
-        val_probabilities = training.predict_proba(self.model, self.val,
+        val_probabilities = training.predict_proba(model, self.val,
                                                    batch_size=2 * config.batch_size,
                                                    device=self.device, amp=config.amp)
         test_idx = np.asarray(self.member.test_idx)
@@ -453,8 +498,9 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
         if on_end is not None:
             on_end(trainee.member, outcome)
 
-    with training._kernel_settings(device):
-        trainees = [_Trainee(m, device=device) for m in members]
+    with training._kernel_settings(device), heap_allocations(device):
+        shared = _shared_features(members, device=device)
+        trainees = [_Trainee(m, device=device, shared=shared[id(m.features)]) for m in members]
         template = trainees[0].model
         slots: list[_Trainee | None] = list(trainees)     # the stack's members, None: masked
         stack = _Stack(template, [t.model for t in trainees], device=device, compile=compile)
@@ -506,6 +552,22 @@ def train_members(members: Sequence[Member], *, device: torch.device | str,
                 slots = still
                 stack = _Stack(template, [t.model for t in slots], device=device)
     return results
+
+
+def _shared_features(members: Sequence[Member], *, device: torch.device
+                     ) -> dict[int, torch.Tensor]:
+    """Each distinct features array of ``members`` once as a (N, 1, F, T) tensor (its own
+    dtype, so that normalising gives the per-fold path's values) on ``device``, by ``id`` of
+    the array: the members normalise their rows as they gather them, instead of each holding
+    a normalised copy of the corpus."""
+    shared = {}
+    for member in members:
+        if id(member.features) not in shared:
+            x = torch.from_numpy(np.ascontiguousarray(member.features))
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+            shared[id(member.features)] = x[:, None]
+    return shared
 
 
 def _stacked_step(stack: _Stack, slots: Sequence[_Trainee | None], rows: dict[int, torch.Tensor],

@@ -178,6 +178,30 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
                            weight_decay=config.weight_decay, fused=True)
 
 
+class _NormalisedRows:
+    """Rows of a shared (N, 1, F, T) tensor, each bin normalised by ``mean`` and ``std`` (F,)
+    when indexed: ``rows_view[i]`` is ``(raw[rows[i]] - mean) / std``, shape (b, 1, F, T)."""
+
+    def __init__(self, raw: torch.Tensor, rows: np.ndarray, *, mean: np.ndarray,
+                 std: np.ndarray):
+        self.raw, self.device = raw, raw.device
+        self.rows = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=raw.device)
+        self.mean = torch.from_numpy(mean).to(raw.device).view(1, 1, -1, 1)
+        self.std = torch.from_numpy(std).to(raw.device).view(1, 1, -1, 1)
+        self.shape = (len(self.rows), *raw.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        # in the promoted dtype of the features and the float32 statistics, as numpy computes
+        # the per-fold copy, then float32
+        return ((self.raw[self.rows[index]] - self.mean) / self.std).float()
+
+    def new_zeros(self, shape) -> torch.Tensor:
+        return self.raw.new_zeros(shape, dtype=torch.float32)
+
+
 class _Batches:
     """Mini-batches from tensors held in memory: (B, 1, F, T) inputs and (B,) targets, and
     optionally (B,) lengths (each clip's own frames; with ``own_frames`` a batch is cut to its
@@ -205,6 +229,19 @@ class _Batches:
             self.y = self.y.pin_memory().to(device, non_blocking=True)   # (N,)
             if self.lengths is not None:
                 self.lengths = self.lengths.to(device)
+
+    @classmethod
+    def gathered(cls, raw: torch.Tensor, rows: np.ndarray, y: np.ndarray, *,
+                 mean: np.ndarray, std: np.ndarray) -> _Batches:
+        """Rows ``rows`` of ``raw`` (N, 1, F, T), a tensor shared with other folds (on its
+        device), normalised as batches are gathered rather than copied whole: the same values
+        as ``_Batches((features[rows] - mean) / std, ...)``, without a copy of the data per
+        fold (corpus normalisation, every frame; what :mod:`serlib.batched` trains)."""
+        batches = cls.__new__(cls)
+        batches.x = _NormalisedRows(raw, rows, mean=mean, std=std)
+        batches.y = torch.from_numpy(np.asarray(y).astype(np.int64)).to(raw.device)
+        batches.lengths, batches.own_frames, batches.device = None, False, raw.device
+        return batches
 
     def __len__(self) -> int:
         return len(self.y)
@@ -418,9 +455,15 @@ class FoldParts:
 def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                  test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
                  groups: np.ndarray | None = None,
-                 lengths: np.ndarray | None = None) -> FoldParts:
+                 lengths: np.ndarray | None = None,
+                 shared: torch.Tensor | None = None) -> FoldParts:
     """Seed torch for ``fold``, split off its validation part and normalise its three parts
-    (see :func:`train_fold` for the arguments); returns :class:`FoldParts`."""
+    (see :func:`train_fold` for the arguments); returns :class:`FoldParts`.
+
+    ``shared``: ``features`` as a (N, 1, F, T) tensor (their dtype) on ``device`` that several
+    folds share; the parts are then normalised as batches are gathered from it
+    (:meth:`_Batches.gathered`) instead of copied whole (corpus normalisation and every
+    frame only)."""
     from serlib.augment import utterance_normalise
 
     seed = config.seed * 1000 + fold
@@ -448,7 +491,12 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
         mean, std = normalisation_stats(
             features[fit_idx], None if not config.own_frames else lengths[fit_idx])
 
+    if shared is not None and (config.normalisation != "corpus" or lengths is not None):
+        raise SerlibError("shared features need corpus normalisation and every frame")
+
     def batches(rows):
+        if shared is not None:
+            return _Batches.gathered(shared, rows, labels[rows], mean=mean, std=std)
         if config.normalisation == "utterance":
             x = utterance_normalise(features[rows], lengths[rows])
         else:

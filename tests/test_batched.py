@@ -351,3 +351,50 @@ def test_batched_folds_without_a_validation_part_equal_folds_trained_alone(array
         assert a["n_fit"] == b["n_fit"] == len(train_idx) and a["n_val"] == b["n_val"] == 0
         assert all(np.isnan(h["val_ua"]) for h in b["history"]) and b["best_epoch"] == 2
         assert_same_predictions(a["probabilities"], b["probabilities"])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_members_gather_from_shared_features_the_per_fold_copies_bit_for_bit(arrays, dtype):
+    """The batched path keeps one copy of the features and normalises rows as it gathers them;
+    every part of a fold is what the per-fold path's normalised copy holds, to the bit."""
+    x, labels, folds = arrays
+    x = x.astype(dtype)
+    train_idx, test_idx = folds[0]
+    cpu = torch.device("cpu")
+    copied = training.prepare_fold(x, labels, train_idx, test_idx, config=ARRAYS, fold=1,
+                                   device=cpu)
+    gathered = training.prepare_fold(x, labels, train_idx, test_idx, config=ARRAYS, fold=1,
+                                     device=cpu, shared=torch.from_numpy(x)[:, None])
+    for part in ("fit", "val", "test"):
+        a, b = getattr(copied, part), getattr(gathered, part)
+        assert len(a) == len(b) and torch.equal(a.y, b.y)
+        rows = torch.randperm(len(a), generator=torch.Generator().manual_seed(0))[:20]
+        assert b.x[rows].dtype == torch.float32 and torch.equal(a.x[rows], b.x[rows]), part
+        assert torch.equal(a.x[2:9], b.x[2:9])
+    with pytest.raises(SerlibError, match="corpus normalisation and every frame"):
+        training.prepare_fold(x, labels, train_idx, test_idx, config=TrainConfig(
+            **{**ARRAYS.to_dict(), "normalisation": "utterance"}), fold=1, device=cpu,
+            shared=torch.from_numpy(x)[:, None])
+
+
+def test_heap_allocations_serve_large_blocks_without_fresh_pages():
+    """On glibc, inside heap_allocations a freed 64 MB block is reused (no new page faults);
+    after it, such a block is mapped afresh again, as glibc does by default."""
+    import platform
+    import resource
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+
+    def faults_of_two_blocks() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(2):
+            block = torch.ones(16 * 2**20)                 # 64 MB, every page written
+            del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with batched.heap_allocations(torch.device("cpu")):
+        faults_of_two_blocks()                              # the heap grows once
+        inside = faults_of_two_blocks()
+    after = faults_of_two_blocks()
+    assert after > 0 and inside * 4 < after
