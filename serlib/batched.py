@@ -81,13 +81,16 @@ def heap_allocations(device: torch.device):
     libc = None
     if device.type == "cpu":
         with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    if libc is None or not (libc.mallopt(_M_MMAP_MAX, 0)
-                            and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+            loaded = ctypes.CDLL("libc.so.6")
+            loaded.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            loaded.malloc_trim.argtypes = [ctypes.c_size_t]
+            libc = loaded
+    if libc is None:
         yield
         return
     try:
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
         yield
     finally:
         libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
