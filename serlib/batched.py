@@ -732,5 +732,5 @@ def run_group_task(group: Sequence) -> list[dict]:
 
 
 __all__ = ["MAX_MEMBERS", "Member", "batched_unsupported", "group_tasks", "grouped_network",
-           "run_group_task", "stack_key", "supports_batched", "train_folds_batched",
-           "train_members", "train_runs_batched"]
+           "heap_allocations", "run_group_task", "stack_key", "supports_batched",
+           "train_folds_batched", "train_members", "train_runs_batched"]
