@@ -337,7 +337,7 @@ class _Trainee:
         last = config.select_epoch == "last"
         if not last and report["ua"] > self.best["ua"]:
             self.best = {"ua": report["ua"], "epoch": self.epoch, "state": self.snapshot(),
-                         "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                         "optimizer": training.copy_state(self.optimizer.state_dict())}
         elif not last and config.patience and \
                 self.epoch - self.best["epoch"] >= config.patience:
             self.done = True
@@ -345,7 +345,7 @@ class _Trainee:
             self.done = True
         if self.done and last:
             self.best = {"ua": report["ua"], "epoch": self.epoch, "state": self.snapshot(),
-                         "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+                         "optimizer": training.copy_state(self.optimizer.state_dict())}
 
     def result(self) -> dict:
         """:func:`serlib.training.train_fold`'s result, plus ``fold``, ``test_idx`` and

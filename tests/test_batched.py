@@ -394,7 +394,6 @@ def test_heap_allocations_serve_large_blocks_without_fresh_pages():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     with batched.heap_allocations(torch.device("cpu")):
-        faults_of_two_blocks()                              # the heap grows once
-        inside = faults_of_two_blocks()
+        inside = [faults_of_two_blocks() for _ in range(4)]  # the heap grows at first
     after = faults_of_two_blocks()
-    assert after > 0 and inside * 4 < after
+    assert after > 0 and min(inside) * 4 < after

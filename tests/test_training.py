@@ -280,3 +280,25 @@ def test_cross_validate_arrays_rejects_bad_input():
     session = TrainConfig(protocol="session", folds=2, epochs=1, width=2, device="cpu")
     with pytest.raises(SerlibError, match="needs explicit folds"):
         training.cross_validate_arrays(features, labels, config=session, progress=False)
+
+
+def test_copy_state_is_a_deep_copy_with_the_same_layout():
+    """The best epoch's kept weights and optimizer state: equal to the live ones, the same
+    strides (channels_last kept), and unchanged when training goes on."""
+    torch.manual_seed(0)
+    model = training.build_model(n_classes=4, width=2).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    x = torch.randn(4, 1, 8, 12).contiguous(memory_format=torch.channels_last)
+    model(x).sum().backward()
+    optimizer.step()
+    state, opt_state = training.copy_state(model.state_dict()), \
+        training.copy_state(optimizer.state_dict())
+    for name, value in model.state_dict().items():
+        assert torch.equal(state[name], value) and state[name].stride() == value.stride()
+    assert opt_state["param_groups"] == optimizer.state_dict()["param_groups"]
+    model(x).sum().backward()
+    optimizer.step()                                      # training goes on in place
+    weight = next(name for name, _ in model.named_parameters())
+    assert not torch.equal(state[weight], model.state_dict()[weight])
+    assert int(opt_state["state"][0]["step"]) == 1 and int(
+        optimizer.state_dict()["state"][0]["step"]) == 2
