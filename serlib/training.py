@@ -627,29 +627,29 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     }
 
 
+def _map_state(value, tensor: Callable, other: Callable = lambda v: v):
+    """``value`` (nested dicts, lists and tuples) with ``tensor`` applied to every tensor and
+    ``other`` to every other leaf."""
+    if isinstance(value, torch.Tensor):
+        return tensor(value)
+    if isinstance(value, dict):
+        return {k: _map_state(v, tensor, other) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map_state(v, tensor, other) for v in value)
+    return other(value)
+
+
 def copy_state(value):
     """A copy of ``value`` (a ``state_dict`` of a model or an optimizer: nested dicts, lists and
     tuples of tensors and plain values) whose tensors are clones (same strides), as
     ``copy.deepcopy`` gives but without its per-tensor cost (about 10 ms for a ResNet-18's
     model and Adam state, every time a fold keeps a new best epoch)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: copy_state(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(copy_state(v) for v in value)
-    return copy.deepcopy(value)
+    return _map_state(value, lambda t: t.detach().clone(), copy.deepcopy)
 
 
 def _to_cpu(value):
     """``value`` (nested dicts, lists, tuples of tensors) with every tensor on the CPU."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
+    return _map_state(value, lambda t: t.detach().cpu())
 
 
 def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, scheduler, criterion,
