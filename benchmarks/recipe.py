@@ -235,11 +235,17 @@ def held_out_folds(folds: list, labels: np.ndarray, groups: np.ndarray, *, seed:
             for k, (train_idx, _) in enumerate(folds, start=1)]
 
 
+def _mean_fold_ua(results: list, labels, *, rows: str, probabilities: str) -> float:
+    """Mean over folds of the UA of ``r[probabilities]`` on the rows ``r[rows]``."""
+    from serlib.metrics import unweighted_accuracy
+
+    return float(np.mean([unweighted_accuracy(labels[r[rows]], r[probabilities].argmax(1))
+                          for r in results]))
+
+
 def held_out_ua(results: list, labels) -> float:
     """Mean over folds of the UA on each fold's held-out speakers (:func:`held_out_folds`)."""
-    return float(np.mean([
-        classification_report_dict(labels[r["test_idx"]], r["probabilities"].argmax(1),
-                                   class_names=PAPER_CLASSES)["ua"] for r in results]))
+    return _mean_fold_ua(results, labels, rows="test_idx", probabilities="probabilities")
 
 
 def kept_validation_ua(results: list, labels) -> float:
@@ -247,9 +253,7 @@ def kept_validation_ua(results: list, labels) -> float:
     on each fold's inner, speaker-disjoint validation part; NaN for a recipe without one."""
     if any(not len(r["val_idx"]) for r in results):
         return float("nan")
-    return float(np.mean([
-        classification_report_dict(labels[r["val_idx"]], r["val_probabilities"].argmax(1),
-                                   class_names=PAPER_CLASSES)["ua"] for r in results]))
+    return _mean_fold_ua(results, labels, rows="val_idx", probabilities="val_probabilities")
 
 
 def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:

@@ -642,8 +642,9 @@ def _map_state(value, tensor: Callable, other: Callable = lambda v: v):
 def copy_state(value):
     """A copy of ``value`` (a ``state_dict`` of a model or an optimizer: nested dicts, lists and
     tuples of tensors and plain values) whose tensors are clones (same strides), as
-    ``copy.deepcopy`` gives but without its per-tensor cost (about 10 ms for a ResNet-18's
-    model and Adam state, every time a fold keeps a new best epoch)."""
+    ``copy.deepcopy`` gives but without its per-tensor overhead: a ResNet-18's model and Adam
+    state, every time a fold keeps a new best epoch, took 1.0 ms instead of 4.7 at width 8 on
+    the CPU (at width 64 the copying itself dominates: 39 against 43 ms)."""
     return _map_state(value, lambda t: t.detach().clone(), copy.deepcopy)
 
 
@@ -705,15 +706,16 @@ def _train_epochs(model, fit: _Batches, val: _Batches, bar, *, optimizer, schedu
 
 def validation_scores(probs: np.ndarray, y: torch.Tensor, *,
                       criterion: Callable) -> tuple[float, dict]:
-    """The loss and the classification report (``wa``, ``ua``, ...) of validation
-    probabilities ``probs`` (n_val, C) against targets ``y`` (n_val,); NaN loss, WA and UA
-    when there is no validation part (``val_fraction=0``)."""
+    """The loss and ``{"wa": ..., "ua": ...}`` of validation probabilities ``probs``
+    (n_val, C) against targets ``y`` (n_val,); NaN loss, WA and UA when there is no
+    validation part (``val_fraction=0``)."""
     if not len(y):
         nan = float("nan")
         return nan, {"wa": nan, "ua": nan}
     # log-probabilities are valid logits (softmax(log p) = p): the loss of these predictions
     loss = float(criterion(torch.from_numpy(np.log(np.maximum(probs, 1e-12))), y))
-    # WA and UA only, every epoch (the full report's F1, recalls and confusion cost 4x that)
+    # WA and UA only, every epoch (the full report's F1, recalls and confusion: 4.4 ms against
+    # 1.1 for 228 clips)
     y_true, y_pred = y.numpy(), probs.argmax(1)
     return loss, {"wa": weighted_accuracy(y_true, y_pred),
                   "ua": unweighted_accuracy(y_true, y_pred)}
