@@ -119,6 +119,14 @@ CANDIDATES.update({
 CANDIDATES.update({
     "strong-whole": {**_STRONG, "val_fraction": 0.0},
 })
+#: Round 7 (issue 21, a later session): the strong recipe with each clip normalised by its
+#: speaker's per-band statistics over all of the speaker's clips (``normalisation="speaker"``;
+#: a test speaker's from the speaker's unlabelled test clips). Screened as round 5 (the kept
+#: model's UA on each fold's held-out training speaker, itself normalised by its own clips),
+#: over seeds 0, 1, 2 and 8, 6 and 4 training speakers per fold.
+CANDIDATES.update({
+    "strong-speaker": {**_STRONG, "normalisation": "speaker"},
+})
 
 
 def load(manifest: Path, cache: Path | None, feature: str = "mfcc"):

@@ -12,7 +12,8 @@ same augmented batches on every run and device; none touches torch's global rand
 - random crops of a fixed window in training, and the half-overlapping windows that cover a
   clip at test time (:func:`crop_starts`);
 - mixup (Zhang et al., ICLR 2018): convex combinations of two clips and of their losses;
-- per-utterance normalisation (each clip by its own per-bin mean and std).
+- per-utterance normalisation (each clip by its own per-bin mean and std), and per-speaker
+  normalisation (each clip by its speaker's per-bin mean and std over all the speaker's clips).
 
 Batches are ``x`` (B, 1, F, T) float tensors with ``lengths`` (B,) int64 tensors: frames
 ``lengths[i]`` and later of clip ``i`` are padding.
@@ -82,6 +83,36 @@ def utterance_normalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     var = (np.where(keep, x - mean, 0) ** 2).sum(axis=-1, keepdims=True) / n
     out = (x - mean) / np.maximum(np.sqrt(var), 1e-5)
     return np.where(keep, out, 0).astype(np.float32)
+
+
+def speaker_normalise(x: np.ndarray, lengths: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Each clip minus its speaker's per-bin mean, over its speaker's std; padding -> 0.
+
+    A speaker's statistics are taken over the own frames of all of that speaker's clips in
+    ``x`` (:func:`serlib.training.normalisation_stats`); no label is used, so a test
+    speaker's statistics come from the speaker's (unlabelled) test clips.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (N, F, T)
+    lengths : np.ndarray of int, shape (N,)
+    speakers : np.ndarray, shape (N,)
+        Each clip's speaker.
+
+    Returns
+    -------
+    np.ndarray of float32, shape (N, F, T)
+    """
+    from serlib.training import normalisation_stats
+
+    lengths, speakers = np.asarray(lengths), np.asarray(speakers)
+    out = np.empty(x.shape, dtype=np.float32)
+    for speaker in np.unique(speakers):
+        rows = np.flatnonzero(speakers == speaker)
+        mean, std = normalisation_stats(x[rows], lengths[rows])
+        out[rows] = (x[rows] - mean[None, :, None]) / std[None, :, None]
+    keep = np.arange(x.shape[-1])[None, None, :] < lengths[:, None, None]
+    return np.where(keep, out, 0).astype(np.float32, copy=False)
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, *, rng: np.random.Generator,

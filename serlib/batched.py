@@ -112,8 +112,8 @@ def batched_unsupported(config: TrainConfig) -> str | None:
         raise SerlibError(f"config must be a TrainConfig, got {type(config).__name__}")
     reasons = []
     if config.needs_lengths:
-        reasons.append("it uses each clip's own frames (own_frames, utterance normalisation, "
-                       "crops, time shifts or time masks)")
+        reasons.append("it uses each clip's own frames (own_frames, utterance or speaker "
+                       "normalisation, crops, time shifts or time masks)")
     if config.freq_masks or config.freq_warp or config.mixup:
         reasons.append("it augments batches (frequency masks, frequency warp or mixup)")
     if config.ensemble != 1:

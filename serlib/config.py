@@ -19,6 +19,8 @@ PROTOCOLS = ("stratified", "session")
 #: Class weightings (TrainConfig.class_weights) and epoch samplers (TrainConfig.sampler).
 CLASS_WEIGHTS = ("none", "inverse", "effective")
 SAMPLERS = ("shuffle", "balanced")
+#: Input normalisations (TrainConfig.normalisation).
+NORMALISATIONS = ("corpus", "utterance", "speaker")
 
 
 #: Largest seed numpy, torch and scikit-learn take (TrainConfig.seed * 1000 + fold must fit).
@@ -38,6 +40,7 @@ _ALLOWED = {
     "val_fraction": ": a finite number in [0, 1)", "mixup": ": a finite number >= 0",
     "dropout": ": a finite number in [0, 1)", "label_smoothing": ": a finite number in [0, 1)",
     "freq_warp": ": a finite number in [0, 1)",
+    "normalisation": f": one of {', '.join(NORMALISATIONS)}",
 }
 
 
@@ -102,7 +105,10 @@ class TrainConfig:
     pooling: str = "mean"          # global pooling: "mean" or "meanstd" (mean and std over
                                    # frequency and time, concatenated: 2 x the head's inputs)
     normalisation: str = "corpus"  # "corpus": per-bin mean/std of the fitting part (paper);
-                                   # "utterance": each clip by its own per-bin mean/std
+                                   # "utterance": each clip by its own per-bin mean/std;
+                                   # "speaker": each clip by its speaker's per-bin mean/std
+                                   # over all the speaker's clips (no labels; a test
+                                   # speaker's from the speaker's test clips)
     crop_frames: int = 0           # > 0: train on random crops of this many frames, test on
                                    # the mean probabilities of half-overlapping windows
     time_masks: int = 0            # SpecAugment time masks per clip in training ...
@@ -170,7 +176,7 @@ class TrainConfig:
             "select_epoch": self.select_epoch in ("best", "last"),
             "own_frames": isinstance(self.own_frames, bool),
             "pooling": self.pooling in ("mean", "meanstd"),
-            "normalisation": self.normalisation in ("corpus", "utterance"),
+            "normalisation": self.normalisation in NORMALISATIONS,
             "crop_frames": _count(self.crop_frames),
             "time_masks": _count(self.time_masks),
             "time_mask_frames": _count(self.time_mask_frames),
@@ -225,7 +231,7 @@ class TrainConfig:
     @property
     def needs_lengths(self) -> bool:
         """Whether training uses each clip's own number of frames (from its duration)."""
-        return (self.own_frames or self.normalisation == "utterance" or self.crop_frames > 0
+        return (self.own_frames or self.normalisation != "corpus" or self.crop_frames > 0
                 or self.time_shift_frames > 0 or self.time_masks > 0)
 
     @classmethod

@@ -464,7 +464,7 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     folds share; the parts are then normalised as batches are gathered from it
     (:meth:`_Batches.gathered`) instead of copied whole (corpus normalisation and every
     frame only)."""
-    from serlib.augment import utterance_normalise
+    from serlib.augment import speaker_normalise, utterance_normalise
 
     seed = config.seed * 1000 + fold
     torch.manual_seed(seed)
@@ -483,8 +483,12 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
         if lengths.shape != labels.shape:
             raise SerlibError(f"lengths must be one per clip ({len(labels)}), got shape "
                               f"{lengths.shape}")
-    if config.normalisation == "utterance":
-        # each clip by its own statistics; the checkpoint's corpus mean/std are the identity
+    if config.normalisation == "speaker" and groups is None:
+        raise SerlibError("TrainConfig.normalisation='speaker' needs each clip's speaker "
+                          "(groups); the selection has none")
+    if config.normalisation != "corpus":
+        # each clip by its own or its speaker's statistics; the checkpoint's corpus
+        # mean/std are the identity
         n_bins = features.shape[1]
         mean, std = np.zeros(n_bins, np.float32), np.ones(n_bins, np.float32)
     else:                                                   # (F,), training part only
@@ -494,10 +498,17 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     if shared is not None and (config.normalisation != "corpus" or lengths is not None):
         raise SerlibError("shared features need corpus normalisation and every frame")
 
+    seen = normed = None
+    if config.normalisation == "speaker":                   # over the clips this fold sees
+        seen = np.union1d(train_idx, test_idx)
+        normed = speaker_normalise(features[seen], lengths[seen], np.asarray(groups)[seen])
+
     def batches(rows):
         if shared is not None:
             return _Batches.gathered(shared, rows, labels[rows], mean=mean, std=std)
-        if config.normalisation == "utterance":
+        if normed is not None:
+            x = normed[np.searchsorted(seen, rows)]
+        elif config.normalisation == "utterance":
             x = utterance_normalise(features[rows], lengths[rows])
         else:
             x = (features[rows] - mean[None, :, None]) / std[None, :, None]
