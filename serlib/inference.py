@@ -37,6 +37,14 @@ int64: each clip's own frames, as :func:`serlib.augment.clip_frames` computes th
 duration; the masked convolutions and pooling inside the graph ignore everything after them,
 as in training (format version 2). A seed ensemble (``seed_ensemble``) or an ensemble per fold
 (``ensemble``) is exported as its mean probabilities, like any fold model.
+
+Runs normalised per utterance or per speaker (``normalisation="utterance"`` / ``"speaker"``).
+Training normalised each clip by its own or its speaker's per-band statistics, and the fold
+models' own mean and standard deviation are the identity. The predictor does the same before
+the models (and an exported graph takes features normalised so, ``input_normalisation`` in its
+JSON file): a clip by itself, or by the statistics of its speaker's recordings, given with
+:meth:`Predictor.for_speaker` (``serlib predict --speaker-reference``) or
+:meth:`Predictor.with_speaker_statistics`. A speaker run refuses to predict without them.
 """
 
 from __future__ import annotations
@@ -324,7 +332,8 @@ class Predictor:
     def __init__(self, *, score: Callable[[np.ndarray], np.ndarray],
                  feature_config: FeatureConfig, class_names: Sequence[str],
                  folds: Sequence[int], float16_features: bool, hop_seconds: float | None,
-                 batch_size: int, source: str, ensemble=None):
+                 batch_size: int, source: str, ensemble=None,
+                 input_normalisation: str = "corpus"):
         if hop_seconds is None:
             hop_seconds = feature_config.max_seconds / 2
         if isinstance(hop_seconds, bool) or not isinstance(hop_seconds, (int, float)) \
@@ -343,6 +352,10 @@ class Predictor:
         self.batch_size = batch_size
         self.source = source
         self.temperatures: list[float] | None = None     # per fold, when calibrated
+        # "utterance" / "speaker": features normalised before the model (the fold models'
+        # own mean and std are the identity then), as training normalised them
+        self.input_normalisation = input_normalisation
+        self.speaker: tuple[np.ndarray, np.ndarray] | None = None   # (F,) mean and std
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source}, folds={self.folds}, "
@@ -432,14 +445,13 @@ class Predictor:
             if has_validation(run_dir):
                 fitted = fold_temperatures(run_dir, folds)
                 temperatures = [fitted[k] for k in folds]
-        ensemble = _ensemble_module(models, means, stds, configs, float16_features=float16,
+        # a run normalised per utterance or speaker gets features normalised (and rounded
+        # to float16 first) outside the module: Predictor._normalise_input
+        ensemble = _ensemble_module(models, means, stds, configs,
+                                    float16_features=float16 and train.normalisation == "corpus",
                                     temperatures=temperatures).to(device)
 
         def score(features: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
-            if train.normalisation == "utterance":
-                # each clip by its own statistics, as in training (the checkpoints' mean and
-                # std are the identity then)
-                features = utterance_normalise(features, lengths)
             x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))[:, None]
             lt = None if lengths is None else torch.from_numpy(lengths.astype(np.int64))
             with torch.inference_mode():
@@ -448,7 +460,8 @@ class Predictor:
 
         predictor = cls(score=score, feature_config=feature_config, class_names=names,
                         folds=folds, float16_features=float16, hop_seconds=hop_seconds,
-                        batch_size=batch_size, source=f"run {run_dir}", ensemble=ensemble)
+                        batch_size=batch_size, source=f"run {run_dir}", ensemble=ensemble,
+                        input_normalisation=train.normalisation)
         predictor.temperatures = temperatures
         return predictor
 
@@ -499,7 +512,8 @@ class Predictor:
                         class_names=meta["class_names"], folds=meta["folds"],
                         float16_features=meta["feature_dtype"] == "float16",
                         hop_seconds=hop_seconds, batch_size=batch_size,
-                        source=f"onnx {path}")
+                        source=f"onnx {path}",
+                        input_normalisation=meta.get("input_normalisation", "corpus"))
         predictor.temperatures = meta.get("temperatures")   # applied inside the graph
         return predictor
 
@@ -514,8 +528,8 @@ class Predictor:
             Unnormalised; ``(F, T)`` must be ``feature_config.shape``.
         durations_s : np.ndarray of float, shape (N,), optional
             Seconds of audio behind each matrix (default: the whole matrix). Runs trained on
-            each clip's own frames (``own_frames``, ``normalisation="utterance"``) use them to
-            ignore the padding, as training did.
+            each clip's own frames (``own_frames``, ``normalisation="utterance"`` or
+            ``"speaker"``) use them to ignore the padding, as training did.
 
         Returns
         -------
@@ -532,7 +546,9 @@ class Predictor:
         lengths = clip_frames(np.asarray(durations_s, dtype=np.float64),
                               sample_rate=config.sample_rate, hop_length=config.hop_length,
                               max_seconds=config.max_seconds, n_frames=config.n_frames)
-        out = [self._score(features[i:i + self.batch_size], lengths[i:i + self.batch_size])
+        out = [self._score(self._normalise_input(features[i:i + self.batch_size],
+                                                 lengths[i:i + self.batch_size]),
+                           lengths[i:i + self.batch_size])
                for i in range(0, len(features), self.batch_size)]
         if not out:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
@@ -543,6 +559,97 @@ class Predictor:
                               f"{len(rows)} of {len(probabilities)} feature matrices (first: "
                               f"row {rows[0]}); their features or the model hold NaN/inf")
         return probabilities
+
+    def _normalise_input(self, features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(N, F, T) features as the model takes them: unchanged for a run normalised by its
+        training part's statistics (the model applies them); for a run normalised per
+        utterance or per speaker, rounded to float16 and back when the run stored float16
+        features, then normalised as training did (padding -> 0)."""
+        if self.input_normalisation == "corpus":
+            return features
+        features = np.asarray(features, dtype=np.float32)
+        if self.float16_features:
+            features = features.astype(np.float16).astype(np.float32)
+        if self.input_normalisation == "utterance":
+            return utterance_normalise(features, lengths)
+        if self.speaker is None:
+            raise SerlibError(
+                f"{self.source}: trained with normalisation='speaker' (each clip by its "
+                "speaker's statistics): give the speaker's recordings first, "
+                "predictor.for_speaker(paths) (serlib predict --speaker-reference), or the "
+                "statistics, predictor.with_speaker_statistics(mean=..., std=...)")
+        mean, std = self.speaker
+        keep = np.arange(features.shape[-1])[None, None, :] < np.asarray(lengths)[:, None, None]
+        return np.where(keep, (features - mean[None, :, None]) / std[None, :, None], 0
+                        ).astype(np.float32, copy=False)
+
+    def with_speaker_statistics(self, *, mean: np.ndarray, std: np.ndarray) -> Predictor:
+        """A copy of this predictor that normalises every clip by one speaker's statistics.
+
+        For runs trained with ``normalisation="speaker"``; :meth:`for_speaker` computes the
+        statistics from recordings.
+
+        Parameters
+        ----------
+        mean, std : np.ndarray, shape (F,)
+            Per-band mean and standard deviation of the speaker's features (unnormalised,
+            as :func:`serlib.features.extract` returns them; std > 0).
+        """
+        import copy
+
+        if self.input_normalisation != "speaker":
+            raise SerlibError(f"{self.source}: trained with normalisation="
+                              f"{self.input_normalisation!r}, not 'speaker': it takes no "
+                              "speaker statistics")
+        n_features = self.feature_config.n_features
+        mean = np.asarray(mean, dtype=np.float32)
+        std = np.asarray(std, dtype=np.float32)
+        for name, value in (("mean", mean), ("std", std)):
+            if value.shape != (n_features,) or not np.isfinite(value).all():
+                raise SerlibError(f"speaker {name} of shape {value.shape}: expected "
+                                  f"({n_features},) finite numbers, one per feature band")
+        if (std <= 0).any():
+            raise SerlibError(f"speaker std has {int((std <= 0).sum())} value(s) <= 0: "
+                              "expected > 0 in every band")
+        out = copy.copy(self)
+        out.speaker = (mean, std)
+        return out
+
+    def for_speaker(self, paths: Sequence[str | os.PathLike]) -> Predictor:
+        """A copy of this predictor for one speaker, from recordings of that speaker.
+
+        For runs trained with ``normalisation="speaker"``: the per-band mean and standard
+        deviation over the own frames of the recordings' features (each recording's first
+        ``max_seconds``, cut or padded as training cut its clips; no label needed), as
+        training computed them over a speaker's clips. The more recordings (of several
+        emotions), the closer to training: training used every clip of a speaker.
+
+        Parameters
+        ----------
+        paths : sequence of path
+            Audio files of the speaker (any format libsndfile reads).
+        """
+        from serlib.training import normalisation_stats
+
+        paths = list(paths)
+        if not paths:
+            raise SerlibError("for_speaker: no recording given (expected one or more audio "
+                              "files of the speaker)")
+        config = self.feature_config
+        features, durations = [], []
+        for path in paths:
+            name = display_name(path)
+            y, sr = load_audio(path)
+            features.append(extract(y, sr=int(sr), config=config, name=name))
+            durations.append(np.shape(y)[-1] / sr)
+        x = np.stack(features).astype(np.float32)                       # (N, F, T)
+        if self.float16_features:
+            x = x.astype(np.float16).astype(np.float32)
+        lengths = clip_frames(np.asarray(durations, dtype=np.float64),
+                              sample_rate=config.sample_rate, hop_length=config.hop_length,
+                              max_seconds=config.max_seconds, n_frames=config.n_frames)
+        mean, std = normalisation_stats(x, lengths)
+        return self.with_speaker_statistics(mean=mean, std=std)
 
     @staticmethod
     def _named(name: str, function, *args, **kwargs):
@@ -722,7 +829,8 @@ class Predictor:
         """Write the ensemble as one ONNX graph and ``<path stem>.json`` beside it.
 
         The graph takes unnormalised features ``features`` (batch, 1, F, T) and returns
-        ``probabilities`` (batch, C), averaged over the folds (see the module docstring).
+        ``probabilities`` (batch, C), averaged over the folds (see the module docstring);
+        a run normalised per utterance or per speaker takes features normalised so.
         Both files are written atomically. Needs ``pip install 'serlib[onnx]'`` (onnx and
         onnxscript for torch's exporter, onnxruntime for the check).
 
@@ -750,12 +858,7 @@ class Predictor:
             raise SerlibError(f"{self.source}: only a predictor built from a run can be "
                               "exported")
         config = self._ensemble.configs[0]
-        if config.normalisation == "utterance":
-            # each clip is normalised by its own statistics outside the model
-            raise SerlibError(f"{self.source}: trained with normalisation="
-                              f"{config.normalisation!r}; ONNX export supports runs normalised "
-                              "by their training part's statistics (normalisation='corpus') "
-                              "only")
+        outside = config.normalisation != "corpus"   # per utterance or speaker: not in the graph
         own_frames = config.own_frames
         path = Path(path)
         if path.suffix != ".onnx":
@@ -793,10 +896,15 @@ class Predictor:
             "format": ONNX_FORMAT,
             "format_version": ONNX_FORMAT_VERSION if not own_frames else ONNX_LENGTHS_VERSION,
             "input": {"name": ONNX_INPUT, "shape": ["batch", 1, n_features, n_frames],
-                      "dtype": "float32", "normalised": False,
+                      "dtype": "float32", "normalised": outside,
                       "description": "feature matrices as serlib.features.extract returns "
                                      "them (unnormalised); each fold's mean and std are "
-                                     "applied inside the graph"},
+                                     "applied inside the graph" if not outside else
+                                     f"feature matrices normalised per {config.normalisation} "
+                                     "(float16-rounded first when feature_dtype is float16; "
+                                     "padding set to 0), as serlib's Predictor.from_onnx "
+                                     "does"},
+            "input_normalisation": config.normalisation,
             "lengths": None if not own_frames else {
                 "name": ONNX_LENGTHS, "shape": ["batch"], "dtype": "int64",
                 "description": "each clip's own frames (1..T; serlib.augment.clip_frames of "
@@ -809,7 +917,9 @@ class Predictor:
             "features": self.feature_config.to_dict(),
             "feature_dtype": "float16" if self.float16_features else "float32",
             "normalisation": {
-                "applied": "inside the graph: (features - mean[k]) / std[k] per fold k",
+                "applied": "inside the graph: (features - mean[k]) / std[k] per fold k" + (
+                    f" (the identity: the input is normalised per {config.normalisation} "
+                    "outside the graph)" if outside else ""),
                 "per_fold": {
                     str(k): {"mean": module.mean[i].flatten().tolist(),
                              "std": module.std[i].flatten().tolist()}
@@ -832,13 +942,18 @@ class Predictor:
             except ImportError:
                 pass
             else:
-                with torch.inference_mode():
-                    expected = module(*inputs).numpy()
                 durations = None if not own_frames else (
                     example_lengths.numpy() * self.feature_config.hop_length
                     / self.feature_config.sample_rate)
-                got = Predictor.from_onnx(path).predict_features(example[:, 0].numpy(),
-                                                                 durations_s=durations)
+                reference, exported = self, Predictor.from_onnx(path)
+                if config.normalisation == "speaker":    # any speaker: the example's own
+                    mean = example.mean(dim=(0, 1, 3)).numpy()
+                    std = example.std(dim=(0, 1, 3)).numpy()
+                    reference = self.with_speaker_statistics(mean=mean, std=std)
+                    exported = exported.with_speaker_statistics(mean=mean, std=std)
+                expected = reference.predict_features(example[:, 0].numpy(),
+                                                      durations_s=durations)
+                got = exported.predict_features(example[:, 0].numpy(), durations_s=durations)
                 diff = float(np.abs(got - expected).max())
                 if not math.isfinite(diff):
                     raise SerlibError(f"{path}: onnxruntime and torch disagree by {diff} "

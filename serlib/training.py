@@ -456,14 +456,18 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
                  test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
                  groups: np.ndarray | None = None,
                  lengths: np.ndarray | None = None,
-                 shared: torch.Tensor | None = None) -> FoldParts:
+                 shared: torch.Tensor | None = None,
+                 speakers: np.ndarray | None = None) -> FoldParts:
     """Seed torch for ``fold``, split off its validation part and normalise its three parts
     (see :func:`train_fold` for the arguments); returns :class:`FoldParts`.
 
     ``shared``: ``features`` as a (N, 1, F, T) tensor (their dtype) on ``device`` that several
     folds share; the parts are then normalised as batches are gathered from it
     (:meth:`_Batches.gathered`) instead of copied whole (corpus normalisation and every
-    frame only)."""
+    frame only).
+
+    ``speakers``: each clip's speaker, for ``normalisation="speaker"`` (default: ``groups``,
+    which are the speakers under the session protocol)."""
     from serlib.augment import speaker_normalise, utterance_normalise
 
     seed = config.seed * 1000 + fold
@@ -483,9 +487,11 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
         if lengths.shape != labels.shape:
             raise SerlibError(f"lengths must be one per clip ({len(labels)}), got shape "
                               f"{lengths.shape}")
-    if config.normalisation == "speaker" and groups is None:
+    if speakers is None:
+        speakers = groups
+    if config.normalisation == "speaker" and speakers is None:
         raise SerlibError("TrainConfig.normalisation='speaker' needs each clip's speaker "
-                          "(groups); the selection has none")
+                          "(speakers), and none was given")
     if config.normalisation != "corpus":
         # each clip by its own or its speaker's statistics; the checkpoint's corpus
         # mean/std are the identity
@@ -501,7 +507,7 @@ def prepare_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray
     seen = normed = None
     if config.normalisation == "speaker":                   # over the clips this fold sees
         seen = np.union1d(train_idx, test_idx)
-        normed = speaker_normalise(features[seen], lengths[seen], np.asarray(groups)[seen])
+        normed = speaker_normalise(features[seen], lengths[seen], np.asarray(speakers)[seen])
 
     def batches(rows):
         if shared is not None:
@@ -543,7 +549,7 @@ def new_network(config: TrainConfig, *, device: torch.device, n_fit: int):
 def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
                test_idx: np.ndarray, *, config: TrainConfig, fold: int, device: torch.device,
                groups: np.ndarray | None = None, lengths: np.ndarray | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, speakers: np.ndarray | None = None) -> dict:
     """Train on ``train_idx`` (minus a validation part), pick the best epoch on validation UA,
     evaluate on ``test_idx``.
 
@@ -561,6 +567,8 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     lengths : np.ndarray of int, shape (N,), optional
         Each clip's own frames (:func:`serlib.augment.clip_frames`), used by the recipe options
         that need them (``config.needs_lengths``); default: every frame is the clip's.
+    speakers : np.ndarray, shape (N,), optional
+        Each clip's speaker, for ``config.normalisation="speaker"`` (default: ``groups``).
 
     Returns
     -------
@@ -572,7 +580,7 @@ def train_fold(features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray,
     from tqdm import tqdm
 
     parts = prepare_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
-                         device=device, groups=groups, lengths=lengths)
+                         device=device, groups=groups, lengths=lengths, speakers=speakers)
     seed, generator, criterion = parts.seed, parts.generator, parts.criterion
     fit, val, test = parts.fit, parts.val, parts.test
     fit_idx, val_idx, mean, std = parts.fit_idx, parts.val_idx, parts.mean, parts.std
@@ -777,7 +785,8 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
                           lengths: np.ndarray | None = None,
                           device: torch.device | str | None = None,
                           skip: set[int] | frozenset[int] = frozenset(),
-                          on_fold_end=None, progress: bool = True) -> list[dict]:
+                          on_fold_end=None, progress: bool = True,
+                          speakers: np.ndarray | None = None) -> list[dict]:
     """Cross-validate on features held in memory: one :func:`train_fold` per fold, no files.
 
     Parameters
@@ -803,6 +812,8 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
         :func:`run_cross_validation` writes the fold's files there.
     progress : bool
         Progress bars per fold and epoch.
+    speakers : np.ndarray, shape (N,), optional
+        Each clip's speaker, for ``config.normalisation="speaker"`` (default: ``groups``).
 
     Returns
     -------
@@ -837,7 +848,7 @@ def cross_validate_arrays(features: np.ndarray, labels: np.ndarray, *, config: T
         started = time.perf_counter()
         result = train_fold(features, labels, train_idx, test_idx, config=config, fold=fold,
                             device=device, groups=groups, lengths=lengths,
-                            progress=progress)
+                            progress=progress, speakers=speakers)
         if device.type == "cuda":
             torch.cuda.synchronize(device)                  # the fold's kernels are done
         result["train_seconds"] = time.perf_counter() - started
@@ -884,6 +895,9 @@ class RunSetup:
         Indices into :data:`serlib.labels.PAPER_CLASSES`.
     groups : np.ndarray of str, shape (N,), or None
         Speakers under the session protocol (speaker-disjoint validation), else None.
+    speakers : np.ndarray of str, shape (N,)
+        Each clip's speaker (``normalisation="speaker"`` normalises by them under any
+        protocol).
     folds : list of (train_idx, test_idx)
     device : torch.device
     resolved : dict
@@ -900,6 +914,7 @@ class RunSetup:
     folds: list
     device: torch.device
     resolved: dict
+    speakers: np.ndarray | None = None
 
     def test_ids(self, fold: int) -> list[str]:
         """Utterance ids of fold ``fold``'s (1-based) test part."""
@@ -997,7 +1012,8 @@ def prepare_run(selection, *, config: TrainConfig) -> RunSetup:
     }
     return RunSetup(config=config, feature_config=feature_config, selection=selection,
                     selection_path=selection_path, corpus=corpus, labels=labels,
-                    groups=groups, folds=folds, device=device, resolved=resolved)
+                    groups=groups, folds=folds, device=device, resolved=resolved,
+                    speakers=selection["speaker"].astype(str).to_numpy())
 
 
 def load_features(setup: RunSetup, *, cache_dir: str | os.PathLike | None,
@@ -1126,7 +1142,8 @@ def train_folds(setup: RunSetup, features: np.ndarray, out_dir: str | os.PathLik
 
     skip = set(range(1, len(setup.folds) + 1)) - set(folds)
     cross_validate_arrays(features, setup.labels, config=setup.config, folds=setup.folds,
-                          groups=setup.groups, device=device or setup.device, skip=skip,
+                          groups=setup.groups, speakers=setup.speakers,
+                          device=device or setup.device, skip=skip,
                           lengths=_clip_frames(setup.selection, setup.feature_config,
                                                setup.config),
                           on_fold_end=save, progress=progress)

@@ -103,3 +103,28 @@ def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_
         got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities
         want = [getattr(row, f"p_{c}") for c in predictor.class_names]
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_speaker_normalised_strong_run_exports_and_equals_torch(synthetic_selection,
+                                                                tmp_path):
+    """normalisation='speaker': the graph takes features normalised by the speaker's
+    statistics, which Predictor.from_onnx applies as the torch predictor does."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run_dir = strong_run(synthetic_selection, tmp_path / "speaker", normalisation="speaker")
+    path = tmp_path / "speaker.onnx"
+    assert main(["export", "--run", str(run_dir), "--onnx", str(path)]) == 0
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["input_normalisation"] == "speaker" and meta["input"]["normalised"]
+    table = synthetic_selection.set_index("utterance_id")
+    speaker = table["speaker"].iloc[0]
+    paths = table.loc[table["speaker"] == speaker, "path"]
+    torch_predictor = Predictor.from_run(run_dir).for_speaker(paths)
+    onnx_predictor = Predictor.from_onnx(path).for_speaker(paths)
+    np.testing.assert_array_equal(onnx_predictor.speaker[0], torch_predictor.speaker[0])
+    features = np.stack([extract_file(p, config=torch_predictor.feature_config)
+                         for p in paths])
+    durations = table.loc[paths.index, "duration_s"].to_numpy()
+    np.testing.assert_allclose(onnx_predictor.predict_features(features, durations_s=durations),
+                               torch_predictor.predict_features(features, durations_s=durations),
+                               atol=1e-5, rtol=0)

@@ -3,6 +3,7 @@ corpus (trained once per module)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -329,5 +330,64 @@ def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_select
             got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities
             want = [getattr(row, f"p_{c}") for c in predictor.class_names]
             np.testing.assert_allclose(got, want, atol=1e-5)
-    with pytest.raises(SerlibError, match="ONNX export supports"):
-        Predictor.from_run(run_dir).to_onnx(tmp_path / "m.onnx")
+    if ensemble == 1 and importlib.util.find_spec("onnxruntime") \
+            and importlib.util.find_spec("onnxscript"):
+        # normalised per utterance outside the graph, as the torch predictor does
+        exported = Predictor.from_run(run_dir).to_onnx(tmp_path / "m.onnx")
+        assert exported["input_normalisation"] == "utterance" and exported["max_abs_diff"] < 1e-5
+        path = paths[predictions["utterance_id"].iloc[0]]
+        np.testing.assert_allclose(
+            Predictor.from_onnx(tmp_path / "m.onnx").predict_file(path).probabilities,
+            Predictor.from_run(run_dir).predict_file(path).probabilities, atol=1e-5)
+
+
+def test_speaker_normalised_run_is_predicted_from_the_speakers_recordings(
+        tmp_path, synthetic_selection, capsys):
+    """A run trained with normalisation='speaker' predicts a clip as training did once it is
+    given every recording of the clip's speaker (serlib predict --speaker-reference), and
+    refuses to predict without them."""
+    from serlib.inference import Predictor
+    from serlib.training import TrainConfig, run_cross_validation
+
+    config = TrainConfig.from_recipe("strong", folds=2, epochs=1, width=4, batch_size=16,
+                                     device="cpu", normalisation="speaker")
+    run_dir = tmp_path / "speaker"
+    run_cross_validation(synthetic_selection, config=config, out_dir=run_dir, progress=False)
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    table = synthetic_selection.set_index("utterance_id")
+    speaker = table.loc[predictions["utterance_id"].iloc[0], "speaker"]
+    own = table.index[table["speaker"] == speaker]
+    predictor = Predictor.from_run(run_dir, folds=[1], calibrated=False)
+    with pytest.raises(SerlibError, match="for_speaker"):
+        predictor.predict_file(table.loc[own[0], "path"])
+    with pytest.raises(SerlibError, match="no recording"):
+        predictor.for_speaker([])
+    mine = predictor.for_speaker(table.loc[own, "path"])
+    rows = predictions[(predictions["fold"] == 1) & predictions["utterance_id"].isin(own)]
+    assert len(rows)
+    for row in rows.itertuples():
+        got = mine.predict_file(table.loc[row.utterance_id, "path"], long="cut").probabilities
+        want = [getattr(row, f"p_{c}") for c in predictor.class_names]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # another speaker's statistics give other probabilities
+    clip = str(table.loc[rows["utterance_id"].iloc[0], "path"])
+    other = table.index[table["speaker"] != speaker][:8]
+    moved = predictor.for_speaker(table.loc[other, "path"]).predict_file(clip, long="cut")
+    assert np.abs(moved.probabilities - mine.predict_file(clip, long="cut").probabilities
+                  ).max() > 1e-4
+    with pytest.raises(SerlibError, match="std has 1 value"):
+        predictor.with_speaker_statistics(mean=np.zeros(predictor.feature_config.n_features),
+                                          std=np.r_[0.0, np.ones(
+                                              predictor.feature_config.n_features - 1)])
+    # the command line: refused without the reference, the run's probabilities with it
+    assert main(["predict", "--run", str(run_dir), "--folds", "1", "--uncalibrated",
+                 "--quiet", clip]) == 1
+    assert "--speaker-reference" in capsys.readouterr().err
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run_dir), "--folds", "1", "--uncalibrated", "--quiet",
+                 clip, "--out", str(out), "--speaker-reference",
+                 *map(str, table.loc[own, "path"])]) == 0
+    first = rows.iloc[0]
+    np.testing.assert_allclose(pd.read_csv(out)[[f"p_{c}" for c in predictor.class_names]]
+                               .to_numpy()[0],
+                               [first[f"p_{c}"] for c in predictor.class_names], atol=1e-5)

@@ -190,6 +190,55 @@ def test_clip_frames_and_utterance_normalisation():
     assert (out[1, :, 7:] == 0).all()
 
 
+def test_speaker_normalisation_uses_each_speakers_own_frames_only():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, size=(6, 4, 12)).astype(np.float32)
+    lengths, speakers = np.array([12, 7, 9, 12, 5, 10]), np.array(["a", "a", "a", "b", "b", "b"])
+    out = augment.speaker_normalise(x, lengths, speakers)
+    keep = np.arange(12)[None, :] < lengths[:, None]                     # (N, T)
+    for speaker in ("a", "b"):
+        rows = speakers == speaker
+        frames = out[rows].transpose(1, 0, 2)[:, keep[rows]]              # (F, frames)
+        np.testing.assert_allclose(frames.mean(-1), 0, atol=1e-5)
+        np.testing.assert_allclose(frames.std(-1), 1, atol=1e-4)
+    assert (out[1, :, 7:] == 0).all() and (out[4, :, 5:] == 0).all()
+    # a louder speaker with another timbre (gain and offset per band) gives the same input,
+    # and the other speaker is untouched; per-utterance statistics would differ per clip
+    louder = x.copy()
+    louder[3:] = x[3:] * np.array([2.0, 3.0, 0.5, 1.0])[None, :, None] + 5.0
+    again = augment.speaker_normalise(louder, lengths, speakers)
+    np.testing.assert_allclose(again, out, atol=1e-4)
+    # each clip keeps its place among its speaker's clips (not normalised on its own)
+    assert not np.allclose(out[:3], augment.utterance_normalise(x[:3], lengths[:3]), atol=1e-2)
+
+
+def test_speaker_normalised_fold_predicts_a_test_speaker_whatever_its_level():
+    """A test speaker is normalised by its own (unlabelled) clips: scaling and shifting its
+    features per band changes none of its predictions; without speakers the run is refused."""
+    features, labels = arrays()
+    speakers = np.repeat(["a", "b", "c", "d"], 12)              # test part: speaker d alone
+    lengths = np.tile([8, 6, 5], 16)
+    config = TrainConfig(folds=2, epochs=2, width=2, batch_size=8, device="cpu",
+                         normalisation="speaker", own_frames=True)
+    first = fold(config, features, labels, lengths=lengths, speakers=speakers)
+    louder = features.copy()
+    louder[36:] = features[36:] * 1.7 + 4.0
+    second = fold(config, louder, labels, lengths=lengths, speakers=speakers)
+    np.testing.assert_allclose(second["probabilities"], first["probabilities"], atol=1e-5)
+    assert first["history"] == second["history"]
+    # the speaker-disjoint validation split's groups also serve as the speakers
+    by_groups = fold(config, features, labels, lengths=lengths, groups=speakers)
+    both = fold(config, features, labels, lengths=lengths, groups=speakers, speakers=speakers)
+    np.testing.assert_array_equal(by_groups["probabilities"], both["probabilities"])
+    corpus = fold(TrainConfig(**{**config.to_dict(), "normalisation": "corpus"}), louder,
+                  labels, lengths=lengths, speakers=speakers)
+    assert np.abs(corpus["probabilities"] - first["probabilities"]).max() > 1e-3
+    with pytest.raises(SerlibError, match="normalisation='speaker' needs each clip's speaker"):
+        fold(config, features, labels, lengths=lengths)
+    with pytest.raises(SerlibError, match="normalisation='loudness'.*corpus, utterance, speaker"):
+        TrainConfig(normalisation="loudness")
+
+
 RECIPE_OPTIONS = [
     dict(own_frames=True), dict(pooling="meanstd"), dict(normalisation="utterance"),
     dict(crop_frames=5), dict(time_masks=1, time_mask_frames=2), dict(freq_masks=1,

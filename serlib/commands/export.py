@@ -13,7 +13,10 @@ def add_parser(subparsers):
         "over the folds. A JSON file beside it (same name, .json) holds the feature config, the "
         "normalisation and the class names. Predictor.from_onnx serves it with onnxruntime. Runs "
         "trained on each clip's own frames (the strong recipe) take a second input, 'lengths' "
-        "(batch,): each clip's own frames; seed ensembles export as their mean probabilities.",
+        "(batch,): each clip's own frames; seed ensembles export as their mean probabilities. "
+        "Runs normalised per utterance or per speaker (normalisation='utterance'/'speaker') take "
+        "features normalised that way outside the graph, as Predictor.from_onnx does (a speaker "
+        "run: after Predictor.for_speaker).",
     )
     parser.add_argument("--run", required=True, help="run folder (serlib cv)")
     parser.add_argument("--onnx", required=True, help="the .onnx file to write")
@@ -74,9 +77,11 @@ def run(args) -> int:
                                    calibrated=not args.uncalibrated)
     meta = predictor.to_onnx(args.onnx, check=not args.no_check)
     n_features, n_frames = predictor.feature_config.shape
+    normalised = ("unnormalised" if meta["input_normalisation"] == "corpus" else
+                  f"normalised per {meta['input_normalisation']} (Predictor.from_onnx does it)")
     print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}: "
           f"fold(s) {', '.join(map(str, meta['folds']))} of {args.run}, "
-          f"input features (batch, 1, {n_features}, {n_frames}) unnormalised, "
+          f"input features (batch, 1, {n_features}, {n_frames}) {normalised}, "
           f"output probabilities (batch, {len(meta['class_names'])}) "
           f"[{', '.join(meta['class_names'])}]")
     if meta["max_abs_diff"] is not None:

@@ -35,6 +35,13 @@ def add_parser(subparsers):
     parser.add_argument("--uncalibrated", action="store_true",
                         help="the raw probabilities: without each fold's temperature fitted on "
                         "its validation part (used by default when the run kept them)")
+    parser.add_argument("--speaker-reference", nargs="+", default=None,
+                        metavar="FILE_OR_FOLDER",
+                        help="runs trained with normalisation='speaker' only: recordings of "
+                        "the one speaker of FILE_OR_FOLDER (files, or folders searched as "
+                        "above; the recordings to predict may be given again), whose "
+                        "statistics normalise every recording, as training normalised each "
+                        "clip by its speaker's")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -99,6 +106,11 @@ def run(args) -> int:
                               "never writes over a run's files: write it elsewhere")
     predictor = Predictor.from_run(args.run, folds=args.folds, device=args.device,
                                    hop_seconds=args.hop, calibrated=not args.uncalibrated)
+    if args.speaker_reference is not None:
+        references, errors = audio_files(args.speaker_reference)
+        if errors:
+            raise SerlibError(f"--speaker-reference: {'; '.join(errors)}")
+        predictor = predictor.for_speaker(references)
     for message in failures:
         tqdm.write(f"serlib predict: {message}", file=sys.stderr)
     rows, n_file_failures = [], 0
