@@ -286,6 +286,17 @@ def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
     return {k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}, weights
 
 
+def speaker_standardised(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """(N, D) clip statistics, each column z-normalised over each speaker's clips (round 7's
+    reference: the logistic regression's inputs normalised per speaker, as
+    ``normalisation="speaker"`` normalises the network's; no label used)."""
+    out = np.empty_like(x, dtype=np.float64)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        out[rows] = (x[rows] - x[rows].mean(0)) / np.maximum(x[rows].std(0), 1e-8)
+    return out
+
+
 def validation_ua(results: list) -> float:
     """Mean over folds of the validation UA at the epoch each fold kept."""
     return float(np.mean([next(h["val_ua"] for h in r["history"] if h["epoch"] == r["best_epoch"])
@@ -330,6 +341,9 @@ def main(argv=None) -> int:
                         help="round 6, --screen with --seeds: score every candidate on the "
                         "speakers the strong recipe would validate on, held out of its "
                         "training (so a candidate without a validation part is scored too)")
+    parser.add_argument("--speaker-baseline", action="store_true",
+                        help="round 7, --final with --seeds: also the logistic regression on "
+                        "per-speaker-normalised statistics (a reference row)")
     parser.add_argument("--skip-strong", action="store_true",
                         help="round 5, --final: only the --also candidates (strong scored "
                         "already)")
@@ -451,6 +465,18 @@ def round5(args, data) -> int:
                                 **{k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}}
                         print(json.dumps(base), flush=True)
                         rows.append(base)
+                        if args.speaker_baseline:
+                            from serlib.baselines import mfcc_stats_matrix
+
+                            stats, _ = mfcc_stats_matrix(selection, cache_dir=args.cache)
+                            by_speaker = fit_baseline_folds(
+                                selection, model="logreg", folds=folds,
+                                x=speaker_standardised(stats, groups))
+                            ref = {**base, "recipe": "baseline logreg, per-speaker statistics",
+                                   **{k: round(v, 4) for k, v in
+                                      test_row(by_speaker, labels).items()}}
+                            print(json.dumps(ref), flush=True)
+                            rows.append(ref)
                     fused, weights = fused_test_row(results, base_rows[pairs], labels)
                     row.update({f"fused_{k}": v for k, v in fused.items()},
                                fusion_weights=weights)
