@@ -25,6 +25,16 @@ def strong_run(selection, out, **overrides):
     return out
 
 
+def speaker_of(predictor, selection, utterance_id):
+    """``predictor`` for the speaker of ``utterance_id``: a run normalised per speaker gets
+    every recording of that speaker (as training normalised the clip); others as they are."""
+    if predictor.input_normalisation != "speaker":
+        return predictor
+    table = selection.set_index("utterance_id")
+    own = table["speaker"] == table.loc[utterance_id, "speaker"]
+    return predictor.for_speaker(table.loc[own, "path"])
+
+
 @pytest.fixture(scope="module")
 def strong_runs(synthetic_selection, tmp_path_factory):
     """A tiny own-frame strong-recipe run, and a 2-seed ensemble of it, by seed_ensemble."""
@@ -50,13 +60,16 @@ def test_run_without_a_validation_part_writes_none_and_predicts_uncalibrated(
     assert metrics["n_val"] == 0
     with pytest.raises(SerlibError, match="without a validation part"):
         read_validation(run_dir, 1)
-    calibrated, raw = Predictor.from_run(run_dir), Predictor.from_run(run_dir, calibrated=False)
+    first = synthetic_selection["utterance_id"].iloc[0]
+    calibrated, raw = (speaker_of(Predictor.from_run(run_dir, calibrated=c), synthetic_selection,
+                                  first) for c in (True, False))
     path = synthetic_selection["path"].iloc[0]
     np.testing.assert_array_equal(calibrated.predict_file(path).probabilities,
                                   raw.predict_file(path).probabilities)
     onnx = tmp_path / "whole.onnx"
     assert main(["export", "--run", str(run_dir), "--onnx", str(onnx)]) == 0
-    np.testing.assert_allclose(Predictor.from_onnx(onnx).predict_file(path).probabilities,
+    exported = speaker_of(Predictor.from_onnx(onnx), synthetic_selection, first)
+    np.testing.assert_allclose(exported.predict_file(path).probabilities,
                                raw.predict_file(path).probabilities, atol=1e-5)
 
 
@@ -71,8 +84,11 @@ def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, stro
     assert meta["train_config"]["seed_ensemble"] == seed_ensemble
 
     # the run's test clips, at their own lengths (short clips: most of the matrix is padding)
-    torch_predictor, onnx_predictor = Predictor.from_run(run_dir), Predictor.from_onnx(path)
     tested = pd.read_csv(run_dir / "predictions.csv")["utterance_id"]
+    # one speaker's statistics for every clip (a speaker run), the same for both predictors
+    torch_predictor, onnx_predictor = (speaker_of(p, synthetic_selection, tested.iloc[0])
+                                       for p in (Predictor.from_run(run_dir),
+                                                 Predictor.from_onnx(path)))
     rows = synthetic_selection.set_index("utterance_id").loc[tested]
     features = np.stack([extract_file(p, config=torch_predictor.feature_config)
                          for p in rows["path"]])
@@ -95,11 +111,12 @@ def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_
     path = tmp_path / "fold1.onnx"
     assert main(["export", "--run", str(run_dir), "--onnx", str(path), "--folds", "1",
                  "--uncalibrated"]) == 0
-    predictor = Predictor.from_onnx(path)
+    exported = Predictor.from_onnx(path)
     predictions = pd.read_csv(run_dir / "predictions.csv")
     rows = predictions[predictions["fold"] == 1]
     paths = synthetic_selection.set_index("utterance_id")["path"]
     for row in rows.head(4).itertuples():
+        predictor = speaker_of(exported, synthetic_selection, row.utterance_id)
         got = predictor.predict_file(paths[row.utterance_id], long="cut").probabilities
         want = [getattr(row, f"p_{c}") for c in predictor.class_names]
         np.testing.assert_allclose(got, want, atol=1e-5)
