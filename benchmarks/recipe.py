@@ -290,17 +290,6 @@ def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
     return {k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}, weights
 
 
-def speaker_standardised(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """(N, D) clip statistics, each column z-normalised over each speaker's clips (round 7's
-    reference: the logistic regression's inputs normalised per speaker, as
-    ``normalisation="speaker"`` normalises the network's; no label used)."""
-    out = np.empty_like(x, dtype=np.float64)
-    for speaker in np.unique(speakers):
-        rows = speakers == speaker
-        out[rows] = (x[rows] - x[rows].mean(0)) / np.maximum(x[rows].std(0), 1e-8)
-    return out
-
-
 def validation_ua(results: list) -> float:
     """Mean over folds of the validation UA at the epoch each fold kept."""
     return float(np.mean([next(h["val_ua"] for h in r["history"] if h["epoch"] == r["best_epoch"])
@@ -470,12 +459,8 @@ def round5(args, data) -> int:
                         print(json.dumps(base), flush=True)
                         rows.append(base)
                         if args.speaker_baseline:
-                            from serlib.baselines import mfcc_stats_matrix
-
-                            stats, _ = mfcc_stats_matrix(selection, cache_dir=args.cache)
-                            by_speaker = fit_baseline_folds(
-                                selection, model="logreg", folds=folds,
-                                x=speaker_standardised(stats, groups))
+                            by_speaker = fit_baseline_folds(selection, model="logreg-speaker",
+                                                            folds=folds, cache_dir=args.cache)
                             ref = {**base, "recipe": "baseline logreg, per-speaker statistics",
                                    **{k: round(v, 4) for k, v in
                                       test_row(by_speaker, labels).items()}}

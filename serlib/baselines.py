@@ -8,6 +8,11 @@ and scored on its test part:
   (:class:`serlib.features.FeatureConfig` ``preset("mfcc")``) over the clip's own frames
   (:func:`serlib.augment.clip_frames`; the padding after a short clip is left out): 80
   numbers a clip. Feature name ``"mfcc-stats"``.
+- ``"logreg-speaker"``: the same logistic regression on the same 80 numbers, each
+  z-normalised over the clips of its speaker that the fold sees (:func:`speaker_standardise`;
+  a test speaker's from that speaker's unlabelled test clips), as the strong recipe
+  (``normalisation="speaker"``) normalises the network's input: beside it, the network's own
+  contribution is what is left. Feature name ``"mfcc-stats"``.
 - ``"egemaps-svm"`` (optional extra ``serlib[opensmile]``): the 88 eGeMAPSv02 functionals of
   openSMILE, standard scaling, RBF SVM with ``C = 1`` (the default recipe of a popular SER
   toolkit). Feature name ``"egemaps"``.
@@ -46,6 +51,8 @@ from serlib.runs import read_run_csv
 #: Baseline models and their parameters.
 BASELINES: dict[str, dict] = {
     "logreg": {"feature": "mfcc-stats", "loss": "logreg", "C": 0.5, "max_iter": 5000},
+    "logreg-speaker": {"feature": "mfcc-stats", "loss": "logreg", "C": 0.5, "max_iter": 5000,
+                       "normalisation": "speaker"},
     "egemaps-svm": {"feature": "egemaps", "loss": "svm", "C": 1.0, "kernel": "rbf",
                     "calibration": "sigmoid", "calibration_folds": 5},
 }
@@ -76,6 +83,31 @@ def mfcc_statistics(features: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     mean = features.mean(axis=-1, dtype=np.float64, where=keep)
     std = features.std(axis=-1, dtype=np.float64, where=keep)
     return np.concatenate([mean, std], axis=1)
+
+
+def speaker_standardise(x: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Each column of ``x`` z-normalised over each speaker's rows (no label used).
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (N, D)
+        Per-clip statistics.
+    speakers : np.ndarray, shape (N,)
+
+    Returns
+    -------
+    np.ndarray of float64, shape (N, D)
+        A speaker's rows have mean 0 and standard deviation 1 (or 0, for a column that is
+        constant over them) in every column.
+    """
+    speakers = np.asarray(speakers)
+    if len(speakers) != len(x):
+        raise SerlibError(f"speakers must be one per row of x ({len(x)}), got {len(speakers)}")
+    out = np.empty(np.shape(x), dtype=np.float64)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        out[rows] = (x[rows] - x[rows].mean(0)) / np.maximum(x[rows].std(0), 1e-8)
+    return out
 
 
 def mfcc_stats_matrix(selection: pd.DataFrame, *, cache_dir=None, progress: bool = False
@@ -125,7 +157,7 @@ def make_estimator(model: str):
     from sklearn.svm import SVC
 
     params = _check_model(model)
-    if model == "logreg":
+    if params["loss"] == "logreg":
         classifier = LogisticRegression(C=params["C"], max_iter=params["max_iter"])
     else:
         # Platt scaling on internal folds (stratified, unshuffled: deterministic)
@@ -143,12 +175,13 @@ def fit_baseline_folds(selection: pd.DataFrame, *, model: str, folds, x: np.ndar
     ----------
     selection : pandas.DataFrame
         Rows of the paper's classes (as :func:`serlib.training.run_cross_validation` keeps).
-    model : {"logreg", "egemaps-svm"}
+    model : {"logreg", "logreg-speaker", "egemaps-svm"}
     folds : list of (train_idx, test_idx)
         From :func:`serlib.splits.make_folds`.
     x : np.ndarray, shape (N, D), optional
         The model's inputs, if already computed (else :func:`mfcc_stats_matrix` or
-        :func:`egemaps_matrix`).
+        :func:`egemaps_matrix`); ``"logreg-speaker"`` normalises them per speaker in each
+        fold (the selection's ``speaker`` column).
 
     Returns
     -------
@@ -161,24 +194,32 @@ def fit_baseline_folds(selection: pd.DataFrame, *, model: str, folds, x: np.ndar
 
     from serlib.metrics import classification_report_dict
 
-    _check_model(model)
+    params = _check_model(model)
     features_info: dict = {}
     if x is None:
         x, features_info = (mfcc_stats_matrix(selection, cache_dir=cache_dir, progress=progress)
-                            if model == "logreg" else egemaps_matrix(selection,
-                                                                     progress=progress))
+                            if params["feature"] == "mfcc-stats"
+                            else egemaps_matrix(selection, progress=progress))
     labels = selection["label"].map(PAPER_CLASSES.index).to_numpy()
     if np.any(pd.isna(labels)) or len(x) != len(labels):
         raise SerlibError(f"the selection must hold only {PAPER_CLASSES} and match x "
                           f"({len(x)} rows)")
     out = []
     for fold, (train_idx, test_idx) in enumerate(folds, start=1):
-        estimator = make_estimator(model).fit(x[train_idx], labels[train_idx])
+        if params.get("normalisation") == "speaker":
+            # per speaker over the clips this fold sees, as TrainConfig's "speaker" does
+            seen = np.union1d(train_idx, test_idx)
+            fold_x = np.zeros(np.shape(x), dtype=np.float64)
+            fold_x[seen] = speaker_standardise(
+                np.asarray(x)[seen], selection["speaker"].astype(str).to_numpy()[seen])
+        else:
+            fold_x = x
+        estimator = make_estimator(model).fit(fold_x[train_idx], labels[train_idx])
         probabilities = np.zeros((len(test_idx), len(PAPER_CLASSES)))
         classes = estimator.classes_
-        probabilities[:, classes] = estimator.predict_proba(x[test_idx])
+        probabilities[:, classes] = estimator.predict_proba(fold_x[test_idx])
         train_p = np.zeros((len(train_idx), len(PAPER_CLASSES)))
-        train_p[:, classes] = estimator.predict_proba(x[train_idx])
+        train_p[:, classes] = estimator.predict_proba(fold_x[train_idx])
         out.append({
             "fold": fold, "test_idx": np.asarray(test_idx), "probabilities": probabilities,
             "metrics": classification_report_dict(labels[test_idx], probabilities.argmax(1),
@@ -291,7 +332,7 @@ def run_baseline(selection, *, model: str, protocol: str, n_folds: int,
     ----------
     selection : pandas.DataFrame or path
         As for :func:`serlib.training.run_cross_validation` (rows of other classes dropped).
-    model : {"logreg", "egemaps-svm"}
+    model : {"logreg", "logreg-speaker", "egemaps-svm"}
     protocol : {"stratified", "session"}
     n_folds : int
     out_dir : path

@@ -89,6 +89,7 @@ def _profile_schema() -> dict:
     number = {"type": "number"}
     fields = train_config_schema()
     training = {"type": "object", "properties": fields, "additionalProperties": False}
+    from serlib.baselines import BASELINES
     from serlib.config import RECIPES
 
     entry = {"type": "object", "required": ["feature", "loss"],
@@ -113,12 +114,12 @@ def _profile_schema() -> dict:
             # serlib.studies (shape in its docstring; checked by expand_studies)
             "studies": {"type": "object"},
             # serlib.baselines models trained on the same folds as the runs
-            "baselines": {"type": "array", "items": {"enum": ["logreg", "egemaps-svm"]}},
+            "baselines": {"type": "array", "items": {"enum": list(BASELINES)}},
             # serlib.fusion: a grid entry's runs fused with a baseline's, after the grid
             "fusion": {"type": "array", "items": {
                 "type": "object", "required": ["of", "with"], "additionalProperties": False,
                 "properties": {"of": {"type": "string"},
-                               "with": {"enum": ["logreg", "egemaps-svm"]}}}},
+                               "with": {"enum": list(BASELINES)}}}},
             "engine": {"type": "object", "additionalProperties": False, "properties": {
                 "name": {"enum": ["local", "ray"]},
                 "jobs": {"type": ["integer", "null"], "minimum": 1},

@@ -116,6 +116,8 @@ def format_seconds(seconds: float) -> str:
 #: Row labels of the measured baselines shown beside the paper's method (folder -> label).
 BASELINE_LABELS = {
     "baseline_logreg": "Baseline (measured): logistic regression on MFCC mean and std",
+    "baseline_logreg-speaker": "Baseline (measured): logistic regression on MFCC mean and std, "
+                               "normalised per speaker",
     "baseline_egemaps-svm": "Baseline (measured): eGeMAPSv02 functionals + SVM",
 }
 _FEATURE_NAMES = {"spectrogram": "Spectrogram", "mfcc": "MFCC"}

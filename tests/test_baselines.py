@@ -12,7 +12,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from serlib.baselines import mfcc_statistics, run_baseline
+from serlib.baselines import (
+    fit_baseline_folds,
+    mfcc_statistics,
+    run_baseline,
+    speaker_standardise,
+)
 from serlib.errors import SerlibError
 from serlib.features import FeatureConfig, extract_corpus
 from serlib.labels import PAPER_CLASSES
@@ -95,6 +100,36 @@ def test_mfcc_statistics_ignore_padding():
     padded = np.concatenate([clip, np.full((1, 3, 7), -80.0)], axis=-1)
     np.testing.assert_allclose(mfcc_statistics(padded, np.array([10])),
                                mfcc_statistics(clip, np.array([10])))
+
+
+def test_speaker_normalised_logreg_sees_each_speaker_relative_to_itself():
+    """Speakers far apart whose classes differ by the same shift around each speaker's own
+    level: the per-speaker baseline learns the shift, and a test speaker scaled and shifted
+    as a whole keeps every probability."""
+    rng = np.random.default_rng(0)
+    speakers = np.repeat([f"s{i}" for i in range(8)], 40)
+    labels = np.tile(np.arange(4), 80)
+    level = rng.normal(0, 5, size=(8, 6))                      # each speaker's own level
+    x = level[np.repeat(np.arange(8), 40)] + 0.8 * np.eye(4, 6)[labels] \
+        + rng.normal(0, 0.3, size=(320, 6))
+    selection = pd.DataFrame({"label": np.array(PAPER_CLASSES)[labels], "speaker": speakers})
+    z = speaker_standardise(x, speakers)
+    for speaker in ("s0", "s7"):
+        np.testing.assert_allclose(z[speakers == speaker].mean(0), 0, atol=1e-12)
+        np.testing.assert_allclose(z[speakers == speaker].std(0), 1, atol=1e-12)
+    folds = [(np.flatnonzero(speakers != s), np.flatnonzero(speakers == s))
+             for s in ("s0", "s1")]
+    plain = fit_baseline_folds(selection, model="logreg", folds=folds, x=x)
+    own = fit_baseline_folds(selection, model="logreg-speaker", folds=folds, x=x)
+    ua = {name: np.mean([f["metrics"]["ua"] for f in result])
+          for name, result in (("plain", plain), ("own", own))}
+    assert ua["own"] > 0.9 and ua["own"] > ua["plain"] + 0.2, ua
+    moved = x.copy()
+    moved[speakers == "s0"] = x[speakers == "s0"] * 3.0 - 7.0
+    again = fit_baseline_folds(selection, model="logreg-speaker", folds=folds[:1], x=moved)
+    np.testing.assert_allclose(again[0]["probabilities"], own[0]["probabilities"], atol=1e-9)
+    with pytest.raises(SerlibError, match="one per row"):
+        speaker_standardise(x, speakers[:-1])
 
 
 def test_unknown_model_is_refused(synthetic_selection, tmp_path):

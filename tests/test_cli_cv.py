@@ -50,6 +50,19 @@ def test_cv_no_amp_is_recorded(synthetic_selection, tmp_path, capsys):
     assert config["train"]["amp"] is False
 
 
+def test_cv_strong_recipe_normalises_per_speaker_unless_told_otherwise(synthetic_selection,
+                                                                        tmp_path):
+    selection = write_selection(synthetic_selection, tmp_path / "selection.csv")
+    common = ["cv", "--selection", str(selection), "--recipe", "strong", "--folds", "2",
+              "--epochs", "1", "--width", "2", "--batch-size", "16", "--quiet",
+              "--device", "cpu", "--cache", str(tmp_path / "cache")]
+    for given, want in ((), "speaker"), (("--normalisation", "corpus"), "corpus"):
+        out = tmp_path / f"run_{want}"
+        assert main([*common, *given, "--out", str(out)]) == 0
+        config = json.loads((out / "config.json").read_text())["train"]
+        assert config["normalisation"] == want and config["own_frames"] is True
+
+
 def write_wav_selection(folder, *, n_speakers=6, per_speaker=8, sr=16000, speakers=None,
                         genders=None):
     """A hand-written selection CSV over short WAV files (tones whose pitch depends on the

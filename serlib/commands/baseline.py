@@ -14,11 +14,14 @@ def add_parser(subparsers):
         "run folder with the same files as serlib cv (config, per-fold metrics, predictions, "
         "summary.json), so that tables and statistics can place it beside the ResNet runs. "
         "logreg: mean and std of the 40 MFCCs over each clip's own frames, standard scaling, "
-        "C = 0.5. egemaps-svm (needs serlib[opensmile]): eGeMAPSv02 functionals, standard "
+        "C = 0.5. logreg-speaker: the same, each statistic first z-normalised over its "
+        "speaker's clips (as the strong recipe normalises per speaker). egemaps-svm (needs "
+        "serlib[opensmile]): eGeMAPSv02 functionals, standard "
         "scaling, RBF SVM with C = 1.",
     )
     parser.add_argument("--selection", required=True, help="selection CSV (serlib select)")
-    parser.add_argument("--model", choices=("logreg", "egemaps-svm"), default="logreg")
+    parser.add_argument("--model", choices=("logreg", "logreg-speaker", "egemaps-svm"),
+                        default="logreg")
     add_folds_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="fold shuffling (stratified)")
     add_run_folder_arguments(parser)

@@ -9,11 +9,11 @@ from serlib.commands import add_folds_arguments, add_run_folder_arguments
 TRAIN_FLAGS = ("feature", "loss", "gamma", "alpha", "protocol", "folds", "epochs", "width",
                "batch_size", "optimizer", "lr", "weight_decay", "patience", "class_weights",
                "beta", "sampler", "select_epoch", "imbalance", "imbalance_fraction", "min_steps",
-               "seed_ensemble", "seed", "device")
+               "seed_ensemble", "normalisation", "seed", "device")
 
 
 def add_parser(subparsers):
-    from serlib.config import CLASS_WEIGHTS, RECIPES, SAMPLERS, TrainConfig
+    from serlib.config import CLASS_WEIGHTS, NORMALISATIONS, RECIPES, SAMPLERS, TrainConfig
 
     shown = TrainConfig()            # the defaults, for the help text
     parser = subparsers.add_parser(
@@ -64,6 +64,11 @@ def add_parser(subparsers):
     parser.add_argument("--seed-ensemble", type=int, default=None,
                         help="networks per fold, each trained alone with its own seed; "
                         "predictions are their mean (costs that many times the training)")
+    parser.add_argument("--normalisation", choices=NORMALISATIONS, default=None,
+                        help="corpus: per band, the training part's statistics (the paper); "
+                        "utterance: each clip by its own; speaker: each clip by its speaker's, "
+                        "over all the speaker's clips (the strong recipe; predicting then needs "
+                        "several recordings of a speaker)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-amp", action="store_true",
