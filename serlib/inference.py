@@ -631,6 +631,10 @@ class Predictor:
         """
         from serlib.training import normalisation_stats
 
+        if self.input_normalisation != "speaker":     # before any file is read
+            raise SerlibError(f"{self.source}: trained with normalisation="
+                              f"{self.input_normalisation!r}, not 'speaker': it takes no "
+                              "speaker recordings")
         paths = list(paths)
         if not paths:
             raise SerlibError("for_speaker: no recording given (expected one or more audio "

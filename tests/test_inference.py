@@ -342,7 +342,7 @@ def test_own_frame_recipe_run_is_predicted_as_trained(tmp_path, synthetic_select
 
 
 def test_speaker_normalised_run_is_predicted_from_the_speakers_recordings(
-        tmp_path, synthetic_selection, capsys):
+        tmp_path, synthetic_selection, tiny_run, capsys):
     """A run trained with normalisation='speaker' predicts a clip as training did once it is
     given every recording of the clip's speaker (serlib predict --speaker-reference), and
     refuses to predict without them."""
@@ -381,8 +381,11 @@ def test_speaker_normalised_run_is_predicted_from_the_speakers_recordings(
                                               predictor.feature_config.n_features - 1)])
     # the command line: refused without the reference, the run's probabilities with it
     assert main(["predict", "--run", str(run_dir), "--folds", "1", "--uncalibrated",
-                 "--quiet", clip]) == 1
+                 "--quiet", clip]) == 2
     assert "--speaker-reference" in capsys.readouterr().err
+    # a run normalised otherwise refuses speaker recordings before reading any
+    with pytest.raises(SerlibError, match="takes no speaker recordings"):
+        Predictor.from_run(tiny_run).for_speaker(["never-read.wav"])
     out = tmp_path / "p.csv"
     assert main(["predict", "--run", str(run_dir), "--folds", "1", "--uncalibrated", "--quiet",
                  clip, "--out", str(out), "--speaker-reference",

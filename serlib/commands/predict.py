@@ -106,6 +106,10 @@ def run(args) -> int:
                               "never writes over a run's files: write it elsewhere")
     predictor = Predictor.from_run(args.run, folds=args.folds, device=args.device,
                                    hop_seconds=args.hop, calibrated=not args.uncalibrated)
+    if predictor.input_normalisation == "speaker" and args.speaker_reference is None:
+        raise SerlibError(f"--run {args.run}: trained with normalisation='speaker' (each clip "
+                          "normalised by its speaker's statistics): give recordings of the "
+                          "speaker with --speaker-reference FILE_OR_FOLDER...")
     if args.speaker_reference is not None:
         references, errors = audio_files(args.speaker_reference)
         if errors:
