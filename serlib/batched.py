@@ -60,6 +60,10 @@ from serlib.errors import SerlibError
 #: At most this many members in one grouped network (memory: the members share one copy of
 #: the features, but activations grow with the number of members).
 MAX_MEMBERS = 16
+#: On the CPU, at most this many: a run's five folds grouped train 1.03-1.07 x as fast as one
+#: after another at the smoke profile's width, ten are level (0.98-1.02 x; benchmarks/README.md,
+#: "Batched folds"), since a CPU step is bound by the convolutions, not by launches.
+CPU_MAX_MEMBERS = 5
 
 
 # glibc's mallopt parameters, and the ceilings its dynamic mmap threshold rises to on 64 bits

@@ -263,9 +263,10 @@ def run_grid(runs, *, selection, cache_dir: str | os.PathLike,
                  for name, k in todo]
         failed_runs = set()
         if cuda if batched is None else batched:
-            from serlib.batched import group_tasks, run_group_task
+            from serlib.batched import CPU_MAX_MEMBERS, MAX_MEMBERS, group_tasks, run_group_task
 
-            groups = group_tasks(tasks, workers=getattr(pool, "jobs", 1))
+            groups = group_tasks(tasks, workers=getattr(pool, "jobs", 1),
+                                 max_members=MAX_MEMBERS if cuda else CPU_MAX_MEMBERS)
             say(f"[grid] batched: {len(tasks)} fold(s) in {len(groups)} group(s) "
                 f"(largest {max(map(len, groups))}; serlib.batched)")
             outcomes = ((task, outcome) for group, group_outcomes in

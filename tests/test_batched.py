@@ -266,6 +266,17 @@ def test_batched_grid_writes_the_per_fold_run_folder(tones, per_fold_run, tmp_pa
     assert run_folders.load_run(tmp_path / "runs" / "mfcc_focal").summary["n_folds"] == 3
 
 
+def test_cpu_grid_groups_at_most_cpu_max_members(tones, tmp_path, capsys, monkeypatch):
+    """On the CPU the grid caps a group at batched.CPU_MAX_MEMBERS (where grouping pays
+    there), not at the GPU's MAX_MEMBERS."""
+    monkeypatch.setattr(batched, "CPU_MAX_MEMBERS", 2)
+    result = run_grid([("mfcc_focal", RUN)], selection=tones, cache_dir=tmp_path / "cache",
+                      runs_dir=tmp_path / "runs", engine="local", jobs=1, progress=True,
+                      batched=True)
+    assert result.ok and result.trained == RUN.folds
+    assert "[grid] batched: 3 fold(s) in 2 group(s) (largest 2" in capsys.readouterr().err
+
+
 def test_killed_batched_group_resumes_to_the_same_results(tones, per_fold_run, tmp_path,
                                                           monkeypatch):
     per_fold_dir, _ = per_fold_run
