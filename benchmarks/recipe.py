@@ -449,13 +449,10 @@ def round5(args, data) -> int:
 
                         base_rows[pairs] = fit_baseline_folds(selection, model="logreg",
                                                               folds=folds)
-                        y = np.concatenate([labels[f["test_idx"]] for f in base_rows[pairs]])
-                        p = np.concatenate([f["probabilities"].argmax(1)
-                                            for f in base_rows[pairs]])
-                        report = classification_report_dict(y, p, class_names=PAPER_CLASSES)
                         base = {"recipe": "baseline logreg", "pairs": pairs,
                                 "speakers": 2 * pairs,
-                                **{k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}}
+                                **{k: round(v, 4) for k, v in
+                                   test_row(base_rows[pairs], labels).items()}}
                         print(json.dumps(base), flush=True)
                         rows.append(base)
                         if args.speaker_baseline:

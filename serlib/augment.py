@@ -85,6 +85,25 @@ def utterance_normalise(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.where(keep, out, 0).astype(np.float32)
 
 
+def normalise_own_frames(x: np.ndarray, lengths: np.ndarray, *, mean: np.ndarray,
+                         std: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` per band over each clip's own frames; padding -> 0.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (N, F, T)
+    lengths : np.ndarray of int, shape (N,)
+    mean, std : np.ndarray, shape (F,)
+
+    Returns
+    -------
+    np.ndarray of float32, shape (N, F, T)
+    """
+    keep = np.arange(x.shape[-1])[None, None, :] < np.asarray(lengths)[:, None, None]
+    out = (x - np.asarray(mean)[None, :, None]) / np.asarray(std)[None, :, None]
+    return np.where(keep, out, 0).astype(np.float32, copy=False)
+
+
 def speaker_normalise(x: np.ndarray, lengths: np.ndarray, speakers: np.ndarray) -> np.ndarray:
     """Each clip minus its speaker's per-bin mean, over its speaker's std; padding -> 0.
 
@@ -110,9 +129,8 @@ def speaker_normalise(x: np.ndarray, lengths: np.ndarray, speakers: np.ndarray) 
     for speaker in np.unique(speakers):
         rows = np.flatnonzero(speakers == speaker)
         mean, std = normalisation_stats(x[rows], lengths[rows])
-        out[rows] = (x[rows] - mean[None, :, None]) / std[None, :, None]
-    keep = np.arange(x.shape[-1])[None, None, :] < lengths[:, None, None]
-    return np.where(keep, out, 0).astype(np.float32, copy=False)
+        out[rows] = normalise_own_frames(x[rows], lengths[rows], mean=mean, std=std)
+    return out
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, *, rng: np.random.Generator,

@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from serlib._io import atomic_path, atomic_write_json
-from serlib.augment import clip_frames, utterance_normalise
+from serlib.augment import clip_frames, normalise_own_frames, utterance_normalise
 from serlib.errors import SerlibError
 from serlib.features import FeatureConfig, extract, load_audio
 from serlib.features.audio import audio_info, display_name
@@ -579,9 +579,7 @@ class Predictor:
                 "predictor.for_speaker(paths) (serlib predict --speaker-reference), or the "
                 "statistics, predictor.with_speaker_statistics(mean=..., std=...)")
         mean, std = self.speaker
-        keep = np.arange(features.shape[-1])[None, None, :] < np.asarray(lengths)[:, None, None]
-        return np.where(keep, (features - mean[None, :, None]) / std[None, :, None], 0
-                        ).astype(np.float32, copy=False)
+        return normalise_own_frames(features, lengths, mean=mean, std=std)
 
     def with_speaker_statistics(self, *, mean: np.ndarray, std: np.ndarray) -> Predictor:
         """A copy of this predictor that normalises every clip by one speaker's statistics.

@@ -21,6 +21,7 @@ def strong_run(selection, out, **overrides):
     config = TrainConfig.from_recipe("strong", folds=2, epochs=1, width=4, batch_size=16,
                                      device="cpu", **overrides)
     assert config.own_frames and config.pooling == "meanstd"
+    assert config.normalisation == overrides.get("normalisation", "speaker")
     run_cross_validation(selection, config=config, out_dir=out, progress=False)
     return out
 
@@ -82,6 +83,8 @@ def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, stro
     meta = json.loads(path.with_suffix(".json").read_text())
     assert meta["lengths"]["name"] == "lengths" and meta["format_version"] == 2
     assert meta["train_config"]["seed_ensemble"] == seed_ensemble
+    # normalised per speaker outside the graph, as Predictor.from_onnx does
+    assert meta["input_normalisation"] == "speaker" and meta["input"]["normalised"]
 
     # the run's test clips, at their own lengths (short clips: most of the matrix is padding)
     tested = pd.read_csv(run_dir / "predictions.csv")["utterance_id"]
@@ -96,6 +99,7 @@ def test_own_frame_strong_run_exports_and_equals_torch(synthetic_selection, stro
     want = torch_predictor.predict_features(features, durations_s=durations)
     got = onnx_predictor.predict_features(features, durations_s=durations)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(onnx_predictor.speaker[0], torch_predictor.speaker[0])
     # the lengths matter: the same matrices seen whole give other probabilities
     whole = onnx_predictor.predict_features(features)
     assert np.abs(whole - got).max() > 1e-3
@@ -121,27 +125,3 @@ def test_one_fold_of_an_own_frame_run_reproduces_its_test_predictions(synthetic_
         want = [getattr(row, f"p_{c}") for c in predictor.class_names]
         np.testing.assert_allclose(got, want, atol=1e-5)
 
-
-def test_speaker_normalised_strong_run_exports_and_equals_torch(synthetic_selection,
-                                                                tmp_path):
-    """normalisation='speaker': the graph takes features normalised by the speaker's
-    statistics, which Predictor.from_onnx applies as the torch predictor does."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    run_dir = strong_run(synthetic_selection, tmp_path / "speaker", normalisation="speaker")
-    path = tmp_path / "speaker.onnx"
-    assert main(["export", "--run", str(run_dir), "--onnx", str(path)]) == 0
-    meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["input_normalisation"] == "speaker" and meta["input"]["normalised"]
-    table = synthetic_selection.set_index("utterance_id")
-    speaker = table["speaker"].iloc[0]
-    paths = table.loc[table["speaker"] == speaker, "path"]
-    torch_predictor = Predictor.from_run(run_dir).for_speaker(paths)
-    onnx_predictor = Predictor.from_onnx(path).for_speaker(paths)
-    np.testing.assert_array_equal(onnx_predictor.speaker[0], torch_predictor.speaker[0])
-    features = np.stack([extract_file(p, config=torch_predictor.feature_config)
-                         for p in paths])
-    durations = table.loc[paths.index, "duration_s"].to_numpy()
-    np.testing.assert_allclose(onnx_predictor.predict_features(features, durations_s=durations),
-                               torch_predictor.predict_features(features, durations_s=durations),
-                               atol=1e-5, rtol=0)
