@@ -132,6 +132,17 @@ CANDIDATES.update({
 })
 assert CANDIDATES["strong-speaker"] == RECIPES["strong"]
 
+#: Round 8 (issue 21, a later session): the strong recipe's fusion partner and what each
+#: fold's weight is chosen by (:func:`serlib.fusion.choose_weight`), screened on validation
+#: only (``--fusion-screen``): name -> (baseline model, criterion). ``logreg/ua`` is the
+#: fusion of rounds 5 to 7.
+FUSIONS: dict[str, tuple[str, str]] = {
+    "logreg/ua": ("logreg", "ua"),
+    "logreg/log-loss": ("logreg", "log-loss"),
+    "logreg-speaker/ua": ("logreg-speaker", "ua"),
+    "logreg-speaker/log-loss": ("logreg-speaker", "log-loss"),
+}
+
 
 def load(manifest: Path, cache: Path | None, feature: str = "mfcc"):
     selection = select_utterances(load_manifest(manifest))
@@ -268,9 +279,11 @@ def kept_validation_ua(results: list, labels) -> float:
     return _mean_fold_ua(results, labels, rows="val_idx", probabilities="val_probabilities")
 
 
-def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
+def fused_test_row(deep: list, baseline: list, labels, *, criterion: str = "ua"
+                   ) -> tuple[dict, list]:
     """Late fusion (serlib.fusion's rule) of a deep run's and a baseline's test folds: fold
-    k's weight chosen on the other folds' out-of-fold predictions, never on fold k."""
+    k's weight chosen by ``criterion`` on the other folds' out-of-fold predictions, never on
+    fold k."""
     from serlib.fusion import choose_weight
 
     by_fold = {r["fold"]: r for r in deep}
@@ -280,7 +293,8 @@ def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
         others = [j for j in by_fold if j != k]
         y = np.concatenate([labels[by_fold[j]["test_idx"]] for j in others])
         w, _ = choose_weight(y, np.concatenate([by_fold[j]["probabilities"] for j in others]),
-                             np.concatenate([base[j]["probabilities"] for j in others]))
+                             np.concatenate([base[j]["probabilities"] for j in others]),
+                             criterion=criterion)
         weights.append(w)
         y_all.append(labels[by_fold[k]["test_idx"]])
         p_all.append(w * by_fold[k]["probabilities"] + (1 - w) * base[k]["probabilities"])
@@ -288,6 +302,111 @@ def fused_test_row(deep: list, baseline: list, labels) -> tuple[dict, list]:
                                         np.concatenate(p_all).argmax(1),
                                         class_names=PAPER_CLASSES)
     return {k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}, weights
+
+
+def validation_baseline(results: list, folds: list, selection, *, model: str, cache) -> list:
+    """Round 8: the baseline fitted on each fold's fitting part (its training part minus the
+    deep run's validation speakers, what the network fitted) and predicting those validation
+    speakers: per fold ``val_idx`` and ``val_probabilities``. No test fold is used."""
+    from serlib.baselines import fit_baseline_folds
+
+    inner = [(np.setdiff1d(train_idx, r["val_idx"]), np.asarray(r["val_idx"]))
+             for (train_idx, _), r in zip(folds, results, strict=True)]
+    fitted = fit_baseline_folds(selection, model=model, folds=inner, cache_dir=cache)
+    for f, (_, val_idx) in zip(fitted, inner, strict=True):
+        assert np.array_equal(f["test_idx"], val_idx)
+    return [{"val_idx": f["test_idx"], "val_probabilities": f["probabilities"]} for f in fitted]
+
+
+def crossfit_validation_fusion(deep: list, base: list, labels, *, criterion: str
+                               ) -> tuple[float, list]:
+    """Round 8: each fold's validation speakers fused with the weight chosen
+    (:func:`serlib.fusion.choose_weight`) on the OTHER folds' validation speakers, as the
+    book's fusion chooses fold k's weight on the other folds; the mean over folds of the
+    fused UA, and the weights."""
+    from serlib.fusion import choose_weight
+    from serlib.metrics import unweighted_accuracy
+
+    uas, weights = [], []
+    for k in range(len(deep)):
+        others = [j for j in range(len(deep)) if j != k]
+        w, _ = choose_weight(np.concatenate([labels[deep[j]["val_idx"]] for j in others]),
+                             np.concatenate([deep[j]["val_probabilities"] for j in others]),
+                             np.concatenate([base[j]["val_probabilities"] for j in others]),
+                             criterion=criterion)
+        fused = w * deep[k]["val_probabilities"] + (1 - w) * base[k]["val_probabilities"]
+        uas.append(unweighted_accuracy(labels[deep[k]["val_idx"]], fused.argmax(1)))
+        weights.append(w)
+    return float(np.mean(uas)), weights
+
+
+def kept_or_trained(config: TrainConfig, features, labels, lengths, folds, groups, *,
+                    jobs: int, keep: Path | None, tag: str) -> tuple[list, dict]:
+    """:func:`train`, or the fold results a run of the same config and folds saved in
+    ``keep`` (round 8: the screen trains, the final test rows reuse those trainings)."""
+    import pickle
+
+    path = keep / f"{tag}.pkl" if keep else None
+    key = (json.dumps(config.to_dict(), sort_keys=True),
+           [(np.asarray(a).tolist(), np.asarray(b).tolist()) for a, b in folds])
+    if path and path.is_file():
+        saved = pickle.loads(path.read_bytes())
+        if saved["key"] == key:
+            return saved["results"], {**saved["cost"], "reused": 1}
+    results, cost = train(config, features, labels, lengths, folds, groups, jobs=jobs)
+    if path:
+        keep.mkdir(parents=True, exist_ok=True)
+        slim = [{k: r[k] for k in ("fold", "test_idx", "probabilities", "val_idx",
+                                   "val_probabilities", "history", "best_epoch")}
+                for r in results]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps({"key": key, "results": slim, "cost": cost}))
+        tmp.replace(path)
+    return results, cost
+
+
+def round8(args, data) -> int:
+    """--fusion-screen: the strong recipe (``RECIPES["strong"]``) per seed and training size;
+    each fold's validation speakers predicted by it and by both baselines fitted on the same
+    part; every :data:`FUSIONS` candidate's cross-fitted validation UA. Prints VALIDATION
+    figures only; the trainings are kept (``--keep``) for the final rows."""
+    import pandas as pd
+
+    rows, summaries = [], []
+    for pairs in args.pairs:
+        per_seed = []
+        for seed in args.seeds:
+            config = TrainConfig(**{**COMMON, **RECIPES["strong"], "seed": seed})
+            selection, features, labels, lengths, folds, groups = data(config.feature)
+            folds = subset_folds(folds, selection["session"].astype(str).to_numpy(),
+                                 pairs=pairs)
+            results, cost = kept_or_trained(config, features, labels, lengths, folds, groups,
+                                            jobs=args.jobs, keep=args.keep,
+                                            tag=f"strong-speaker_p{pairs}_s{seed}")
+            row = {"pairs": pairs, "speakers": 2 * pairs, "seed": seed,
+                   "strong": round(kept_validation_ua(results, labels), 4),
+                   **{k: round(v, 1) for k, v in cost.items()}}
+            base = {}
+            for model in sorted({m for m, _ in FUSIONS.values()}):
+                base[model] = validation_baseline(results, folds, selection, model=model,
+                                                  cache=args.cache)
+                row[model] = round(kept_validation_ua(base[model], labels), 4)
+            for name, (model, criterion) in FUSIONS.items():
+                ua, weights = crossfit_validation_fusion(results, base[model], labels,
+                                                         criterion=criterion)
+                row[f"fusion {name}"] = round(ua, 4)
+                row[f"weights {name}"] = weights
+            print(json.dumps(row), flush=True)
+            per_seed.append(row)
+            rows.append(row)
+        for column in ["strong", "logreg", "logreg-speaker", *(f"fusion {n}" for n in FUSIONS)]:
+            values = [r[column] for r in per_seed]
+            summaries.append({"speakers": 2 * pairs, "model": column,
+                              **{f"seed {r['seed']}": r[column] for r in per_seed},
+                              "mean": round(float(np.mean(values)), 4),
+                              "worst": round(float(np.min(values)), 4)})
+    print(pd.DataFrame(summaries).to_string(index=False))
+    return 0
 
 
 def validation_ua(results: list) -> float:
@@ -314,6 +433,9 @@ def main(argv=None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--screen", nargs="+", choices=sorted(CANDIDATES), metavar="NAME")
     mode.add_argument("--final", action="store_true")
+    mode.add_argument("--fusion-screen", action="store_true",
+                      help="round 8, with --seeds: the strong recipe's fusion candidates "
+                      "(FUSIONS) scored on validation speakers only")
     parser.add_argument("--nested", action="store_true",
                         help="--screen: score on inner leave-one-pair-out folds of each outer "
                         "fold's training part (4 trainings a fold) instead of the one held-out "
@@ -337,6 +459,12 @@ def main(argv=None) -> int:
     parser.add_argument("--speaker-baseline", action="store_true",
                         help="round 7, --final with --seeds: also the logistic regression on "
                         "per-speaker-normalised statistics (a reference row)")
+    parser.add_argument("--fusion", choices=sorted(FUSIONS), default="logreg/ua",
+                        help="round 8, --final with --seeds: the fusion row's partner and "
+                        "weight criterion (default: rounds 5-7's)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="round 8: keep each (size, seed) training of the strong recipe "
+                        "here, and reuse one of the same config and folds")
     parser.add_argument("--skip-strong", action="store_true",
                         help="round 5, --final: only the --also candidates (strong scored "
                         "already)")
@@ -353,6 +481,10 @@ def main(argv=None) -> int:
             loaded[feature] = load(args.manifest, args.cache, feature)
         return loaded[feature]
 
+    if args.fusion_screen:
+        if args.seeds is None:
+            parser.error("--fusion-screen needs --seeds")
+        return round8(args, data)
     if args.seeds is not None:
         return round5(args, data)
     rows = []
@@ -435,8 +567,9 @@ def round5(args, data) -> int:
                 folds = subset_folds(folds, sessions, pairs=pairs)
                 if args.outer_validation and args.screen:
                     folds = held_out_folds(folds, labels, groups, seed=seed)
-                results, cost = train(config, features, labels, lengths, folds, groups,
-                                      jobs=args.jobs)
+                results, cost = kept_or_trained(config, features, labels, lengths, folds,
+                                                groups, jobs=args.jobs, keep=args.keep,
+                                                tag=f"{name}_p{pairs}_s{seed}")
                 score = held_out_ua if args.outer_validation and args.screen \
                     else kept_validation_ua
                 row = {"recipe": name, "pairs": pairs, "speakers": 2 * pairs, "seed": seed,
@@ -444,28 +577,24 @@ def round5(args, data) -> int:
                        **{k: round(v, 1) for k, v in cost.items()}}
                 if args.final:
                     row.update(test_row(results, labels))
-                    if pairs not in base_rows:
-                        from serlib.baselines import fit_baseline_folds
+                    from serlib.baselines import fit_baseline_folds
 
-                        base_rows[pairs] = fit_baseline_folds(selection, model="logreg",
-                                                              folds=folds)
-                        base = {"recipe": "baseline logreg", "pairs": pairs,
-                                "speakers": 2 * pairs,
-                                **{k: round(v, 4) for k, v in
-                                   test_row(base_rows[pairs], labels).items()}}
-                        print(json.dumps(base), flush=True)
-                        rows.append(base)
-                        if args.speaker_baseline:
-                            by_speaker = fit_baseline_folds(selection, model="logreg-speaker",
-                                                            folds=folds, cache_dir=args.cache)
-                            ref = {**base, "recipe": "baseline logreg, per-speaker statistics",
-                                   **{k: round(v, 4) for k, v in
-                                      test_row(by_speaker, labels).items()}}
-                            print(json.dumps(ref), flush=True)
-                            rows.append(ref)
-                    fused, weights = fused_test_row(results, base_rows[pairs], labels)
+                    partner, criterion = FUSIONS[args.fusion]
+                    models = ["logreg", *["logreg-speaker"] * args.speaker_baseline, partner]
+                    for model in dict.fromkeys(models):     # each fitted and shown once
+                        if (pairs, model) not in base_rows:
+                            base_rows[pairs, model] = fit_baseline_folds(
+                                selection, model=model, folds=folds, cache_dir=args.cache)
+                            base = {"recipe": f"baseline {model}", "pairs": pairs,
+                                    "speakers": 2 * pairs,
+                                    **{k: round(v, 4) for k, v in
+                                       test_row(base_rows[pairs, model], labels).items()}}
+                            print(json.dumps(base), flush=True)
+                            rows.append(base)
+                    fused, weights = fused_test_row(results, base_rows[pairs, partner], labels,
+                                                    criterion=criterion)
                     row.update({f"fused_{k}": v for k, v in fused.items()},
-                               fusion_weights=weights)
+                               fusion=args.fusion, fusion_weights=weights)
                 print(json.dumps(row), flush=True)
                 per_seed.append(row)
                 rows.append(row)

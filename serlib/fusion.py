@@ -6,8 +6,11 @@ probabilities::
     p_fused = w_k * p_deep + (1 - w_k) * p_baseline,      predicted = argmax p_fused
 
 **The weight is chosen without test fold k.** ``w_k`` is the value of a grid (0, 0.05, ...,
-1 by default) with the best UA on a *selection set* of fold ``k``'s training part; ties go to
-the lower log-loss, then to the weight nearest 0.5. Two selection sets are supported:
+1 by default) with the best score on a *selection set* of fold ``k``'s training part. The
+score (``criterion``) is the UA (``"ua"``, the default; ties go to the lower log-loss, then to
+the weight nearest 0.5) or the log-loss of the fused probabilities (``"log-loss"``, a smooth
+proper score: every utterance counts, not only those whose argmax a weight flips; ties go to
+the higher UA, then to the weight nearest 0.5). Two selection sets are supported:
 
 - ``"validation"``: the fold's validation part (``fold_<k>/validation.csv`` in both run
   folders, as runs write it since issue 22), the utterances both runs predicted there;
@@ -44,6 +47,8 @@ PROB_COLUMNS = [f"p_{c}" for c in PAPER_CLASSES]
 #: Weights of the deep run tried by default (0: the baseline alone, 1: the deep run alone).
 DEFAULT_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0, 1, 21))
 SOURCES = ("auto", "validation", "other-folds")
+#: What a weight is chosen by (module docstring).
+CRITERIA = ("ua", "log-loss")
 #: The per-fold validation predictions a run folder may keep (issue 22).
 VALIDATION_FILE = "validation.csv"
 
@@ -122,16 +127,22 @@ def selection_set(deep: Run, baseline: Run, fold: int, *, source: str):
 
 
 def choose_weight(labels: np.ndarray, p_deep: np.ndarray, p_base: np.ndarray, *,
-                  weights=DEFAULT_WEIGHTS) -> tuple[float, float]:
-    """The deep run's weight with the best UA of ``w p_deep + (1 - w) p_base`` on these
-    utterances; ties: lower log-loss, then nearest 0.5. Returns (weight, its UA).
+                  weights=DEFAULT_WEIGHTS, criterion: str = "ua") -> tuple[float, float]:
+    """The deep run's weight with the best score of ``w p_deep + (1 - w) p_base`` on these
+    utterances. Returns (weight, its UA).
 
     Parameters
     ----------
     labels : np.ndarray of int, shape (N,)
     p_deep, p_base : np.ndarray, shape (N, C)
     weights : sequence of float in [0, 1]
+    criterion : {"ua", "log-loss"}
+        ``"ua"``: the highest UA; ties: lower log-loss, then nearest 0.5. ``"log-loss"``: the
+        lowest mean negative log-probability of the true class; ties: higher UA, then nearest
+        0.5.
     """
+    if criterion not in CRITERIA:
+        raise SerlibError(f"criterion={criterion!r} is not one of {', '.join(CRITERIA)}")
     weights = [float(w) for w in weights]
     if not weights or any(not 0 <= w <= 1 for w in weights):
         raise SerlibError(f"weights={weights!r}: expected numbers in [0, 1]")
@@ -142,15 +153,17 @@ def choose_weight(labels: np.ndarray, p_deep: np.ndarray, p_base: np.ndarray, *,
         p = w * p_deep + (1 - w) * p_base
         ua = classification_report_dict(labels, p.argmax(1), class_names=PAPER_CLASSES)["ua"]
         nll = -float(np.mean(np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, None))))
-        key = (-ua, round(nll, 9), abs(w - 0.5))     # rounded: equal up to float error
+        nll = round(nll, 9)                           # rounded: equal up to float error
+        key = (-ua, nll, abs(w - 0.5)) if criterion == "ua" else (nll, -ua, abs(w - 0.5))
         if best is None or key < best[0]:
             best = (key, w, ua)
     return best[1], float(best[2])
 
 
-def fusion_weights(deep, baseline, *, source: str = "auto",
-                   weights=DEFAULT_WEIGHTS) -> pd.DataFrame:
-    """Each fold's weight of the deep run, chosen on its selection set only.
+def fusion_weights(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS,
+                   criterion: str = "ua") -> pd.DataFrame:
+    """Each fold's weight of the deep run, chosen on its selection set only, by
+    ``criterion`` (:func:`choose_weight`).
 
     Returns
     -------
@@ -166,13 +179,14 @@ def fusion_weights(deep, baseline, *, source: str = "auto",
     rows = []
     for k in folds:
         y, p_deep, p_base, used = selection_set(deep, baseline, k, source=source)
-        w, ua = choose_weight(y, p_deep, p_base, weights=weights)
+        w, ua = choose_weight(y, p_deep, p_base, weights=weights, criterion=criterion)
         rows.append({"fold": k, "weight": w, "selection_ua": ua, "n_selection": len(y),
                      "source": used})
     return pd.DataFrame(rows)
 
 
-def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS) -> Run:
+def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS,
+              criterion: str = "ua") -> Run:
     """The fused run (module docstring) of a deep run and a baseline run on the same folds.
 
     Parameters
@@ -182,6 +196,8 @@ def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS) 
         Where each fold's weight is chosen.
     weights : sequence of float
         The deep run's weights tried.
+    criterion : {"ua", "log-loss"}
+        What each fold's weight is chosen by (:func:`choose_weight`).
 
     Returns
     -------
@@ -190,7 +206,7 @@ def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS) 
         metrics; ``config`` and ``summary`` with a ``fusion`` section.
     """
     deep, baseline = _as_run(deep), _as_run(baseline)
-    chosen = fusion_weights(deep, baseline, source=source, weights=weights)
+    chosen = fusion_weights(deep, baseline, source=source, weights=weights, criterion=criterion)
     w_by_fold = dict(zip(chosen["fold"], chosen["weight"], strict=True))
     preds = deep.predictions.copy()
     base = baseline.predictions.set_index("utterance_id")[PROB_COLUMNS] \
@@ -217,8 +233,11 @@ def fuse_runs(deep, baseline, *, source: str = "auto", weights=DEFAULT_WEIGHTS) 
         "selection": sorted(set(chosen["source"])),
         "selection_ua": {str(k): float(v) for k, v in zip(chosen["fold"], chosen["selection_ua"],
                                                           strict=True)},
-        "rule": "best UA on the fold's selection set (never its test part); ties: lower "
-                "log-loss, then nearest 0.5",
+        "criterion": criterion,
+        "rule": ("best UA on the fold's selection set (never its test part); ties: lower "
+                 "log-loss, then nearest 0.5") if criterion == "ua" else
+                ("lowest log-loss on the fold's selection set (never its test part); ties: "
+                 "higher UA, then nearest 0.5"),
     }
 
     from serlib.posthoc import derived_run
@@ -233,5 +252,5 @@ def write_fused_run(run: Run, out_dir: str | os.PathLike) -> Path:
     return write_run(run, out_dir)
 
 
-__all__ = ["DEFAULT_WEIGHTS", "SOURCES", "choose_weight", "fuse_runs", "fusion_weights",
+__all__ = ["CRITERIA", "DEFAULT_WEIGHTS", "SOURCES", "choose_weight", "fuse_runs", "fusion_weights",
            "selection_set", "write_fused_run"]

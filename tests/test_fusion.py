@@ -146,6 +146,39 @@ def test_choose_weight_prefers_the_informative_run_and_breaks_ties_near_half():
         choose_weight(y, good, bad, weights=[1.5])
 
 
+def test_log_loss_criterion_takes_the_weight_of_lowest_log_loss():
+    from serlib.fusion import DEFAULT_WEIGHTS
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 400)
+    # an over-confident run against an under-confident one of similar accuracy
+    sharp, soft = noisy(y, rng, strength=1.2) ** 4, noisy(y, rng, strength=1.2) ** 0.3
+    sharp, soft = (p / p.sum(1, keepdims=True) for p in (sharp, soft))
+
+    def nll(w):
+        p = w * sharp + (1 - w) * soft
+        return -np.mean(np.log(p[np.arange(len(y)), y]))
+
+    w, ua = choose_weight(y, sharp, soft, criterion="log-loss")
+    assert nll(w) == pytest.approx(min(nll(v) for v in DEFAULT_WEIGHTS))
+    fused = w * sharp + (1 - w) * soft
+    assert ua == pytest.approx(classification_report_dict(
+        y, fused.argmax(1), class_names=PAPER_CLASSES)["ua"])
+    with pytest.raises(SerlibError, match="criterion='brier'"):
+        choose_weight(y, sharp, soft, criterion="brier")
+
+
+def test_fused_run_records_its_criterion(pair):
+    deep, base = pair
+    by_loss = fuse_runs(deep, base, criterion="log-loss")
+    assert by_loss.summary["fusion"]["criterion"] == "log-loss"
+    assert by_loss.summary["fusion"]["rule"].startswith("lowest log-loss")
+    weights = fusion_weights(deep, base, criterion="log-loss").set_index("fold")["weight"]
+    assert {int(k): v for k, v in by_loss.summary["fusion"]["weights"].items()} == \
+        weights.to_dict()
+    assert fuse_runs(deep, base).summary["fusion"]["criterion"] == "ua"
+
+
 def test_runs_on_other_folds_are_refused(pair, tmp_path):
     deep, base = pair
     other = copy.deepcopy(base)
@@ -163,7 +196,7 @@ def test_fuse_command_writes_a_run_that_pairs_like_any_run(pair, tmp_path, capsy
     out = tmp_path / "fused"
     assert main(["fuse", "--deep", str(tmp_path / "deep_run"), "--baseline",
                  str(tmp_path / "base_run"), "--out", str(out)]) == 0
-    assert "chosen on other-folds" in capsys.readouterr().out
+    assert "chosen by ua on other-folds" in capsys.readouterr().out
     fused = load_run(out)
     config = json.loads((out / "config.json").read_text())
     assert config["fusion"]["baseline"].endswith("base_run")
