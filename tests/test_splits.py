@@ -90,3 +90,23 @@ def test_validation_split_by_speaker():
     with pytest.raises(SerlibError, match=">= 2 speakers"):
         validation_split(np.flatnonzero(speakers == "s1"), labels, fraction=0.1, seed=0,
                          groups=speakers)
+
+
+def test_speaker_validation_split_seed_only_breaks_ties():
+    """As documented: with speakers, the held-out speaker is chosen by its label
+    distribution; the seed matters only between speakers whose distributions tie."""
+    rng = np.random.default_rng(1)
+    classes = np.array(["neutral", "happiness", "sadness", "anger"])
+    # ten speakers of 40 clips, each with its own label mix: no ties
+    labels = np.concatenate([rng.choice(classes, 40, p=rng.dirichlet(np.ones(4)))
+                             for _ in range(10)])
+    speakers = np.repeat([f"s{i}" for i in range(10)], 40)
+    train = np.arange(len(labels))
+    held_out = {tuple(sorted(set(speakers[validation_split(
+        train, labels, fraction=0.1, seed=seed, groups=speakers)[1]]))) for seed in range(8)}
+    assert len(held_out) == 1
+    # ten speakers with the same label mix: every speaker ties, and the seed decides
+    tied = np.tile(np.repeat(classes, 10), 10)
+    held_out = {tuple(sorted(set(speakers[validation_split(
+        train, tied, fraction=0.1, seed=seed, groups=speakers)[1]]))) for seed in range(8)}
+    assert len(held_out) > 1
