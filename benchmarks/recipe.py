@@ -340,6 +340,47 @@ def crossfit_validation_fusion(deep: list, base: list, labels, *, criterion: str
     return float(np.mean(uas)), weights
 
 
+def inner_pair_folds(folds: list, sessions: np.ndarray) -> tuple[list, list]:
+    """Round 9: leave one speaker pair out inside each outer fold's training part as it is
+    (after :func:`subset_folds`): for outer fold k and each pair j of its training part, train
+    on the rest of that part and predict pair j. Returns the (train_idx, val_idx) pairs and
+    their (k, j) tags; no outer test fold is used."""
+    pairs, tags = [], []
+    for k, (train_idx, _) in enumerate(folds, start=1):
+        train_idx = np.asarray(train_idx)
+        for pair in sorted(set(sessions[train_idx])):
+            held = sessions[train_idx] == pair
+            pairs.append((train_idx[~held], train_idx[held]))
+            tags.append((k, pair))
+    return pairs, tags
+
+
+def nested_fusion_ua(deep: list, base: list, tags: list, labels, *, criterion: str
+                     ) -> tuple[float, list]:
+    """Round 9: inside each outer fold, each held-out pair's predictions fused with the weight
+    chosen on the fold's other held-out pairs (as the book chooses fold k's weight on the other
+    folds); per outer fold the UA pooled over its pairs, and their mean; the weights."""
+    from serlib.fusion import choose_weight
+
+    per_fold, weights = [], []
+    for k in sorted({k for k, _ in tags}):
+        mine = [i for i, (kk, _) in enumerate(tags) if kk == k]
+        y_all, p_all = [], []
+        for i in mine:
+            others = [j for j in mine if j != i]
+            w, _ = choose_weight(np.concatenate([labels[deep[j]["test_idx"]] for j in others]),
+                                 np.concatenate([deep[j]["probabilities"] for j in others]),
+                                 np.concatenate([base[j]["probabilities"] for j in others]),
+                                 criterion=criterion)
+            weights.append(w)
+            y_all.append(labels[deep[i]["test_idx"]])
+            p_all.append(w * deep[i]["probabilities"] + (1 - w) * base[i]["probabilities"])
+        per_fold.append(classification_report_dict(
+            np.concatenate(y_all), np.concatenate(p_all).argmax(1),
+            class_names=PAPER_CLASSES)["ua"])
+    return float(np.mean(per_fold)), weights
+
+
 def kept_or_trained(config: TrainConfig, features, labels, lengths, folds, groups, *,
                     jobs: int, keep: Path | None, tag: str) -> tuple[list, dict]:
     """:func:`train`, or the fold results a run of the same config and folds saved in
@@ -365,6 +406,59 @@ def kept_or_trained(config: TrainConfig, features, labels, lengths, folds, group
     return results, cost
 
 
+def round9(args, data) -> int:
+    """--fusion-screen --nested: as round 8, scored on every training speaker: inside each
+    outer fold, leave one speaker pair out (:func:`inner_pair_folds`), the network and both
+    baselines trained on the rest and predicting it; every :data:`FUSIONS` candidate's weight
+    for a pair chosen on the fold's other pairs. VALIDATION figures only."""
+    import pandas as pd
+
+    summaries = []
+    for pairs in args.pairs:
+        per_seed = []
+        for seed in args.seeds:
+            config = TrainConfig(**{**COMMON, **RECIPES["strong"], "seed": seed})
+            selection, features, labels, lengths, folds, groups = data(config.feature)
+            sessions = selection["session"].astype(str).to_numpy()
+            inner, tags = inner_pair_folds(subset_folds(folds, sessions, pairs=pairs),
+                                           sessions)
+            results, cost = kept_or_trained(config, features, labels, lengths, inner, groups,
+                                            jobs=args.jobs, keep=args.keep,
+                                            tag=f"nested-strong-speaker_p{pairs}_s{seed}")
+            row = {"pairs": pairs, "speakers": 2 * pairs, "seed": seed,
+                   "strong": round(nested_ua(results, tags, labels)[0], 4),
+                   **{k: round(v, 1) for k, v in cost.items()}}
+            base = {}
+            for model in sorted({m for m, _ in FUSIONS.values()}):
+                from serlib.baselines import fit_baseline_folds
+
+                base[model] = fit_baseline_folds(selection, model=model, folds=inner,
+                                                 cache_dir=args.cache)
+                row[model] = round(nested_ua(base[model], tags, labels)[0], 4)
+            for name, (model, criterion) in FUSIONS.items():
+                ua, weights = nested_fusion_ua(results, base[model], tags, labels,
+                                               criterion=criterion)
+                row[f"fusion {name}"] = round(ua, 4)
+                row[f"weights {name}"] = f"{min(weights):g}-{max(weights):g}"
+            print(json.dumps(row), flush=True)
+            per_seed.append(row)
+        summaries += _model_summaries(per_seed, pairs)
+    print(pd.DataFrame(summaries).to_string(index=False))
+    return 0
+
+
+def _model_summaries(per_seed: list, pairs: int) -> list[dict]:
+    """Rounds 8-9: per model, its score at each seed, the mean and the worst seed."""
+    out = []
+    for column in ["strong", "logreg", "logreg-speaker", *(f"fusion {n}" for n in FUSIONS)]:
+        values = [r[column] for r in per_seed]
+        out.append({"speakers": 2 * pairs, "model": column,
+                    **{f"seed {r['seed']}": r[column] for r in per_seed},
+                    "mean": round(float(np.mean(values)), 4),
+                    "worst": round(float(np.min(values)), 4)})
+    return out
+
+
 def round8(args, data) -> int:
     """--fusion-screen: the strong recipe (``RECIPES["strong"]``) per seed and training size;
     each fold's validation speakers predicted by it and by both baselines fitted on the same
@@ -372,7 +466,7 @@ def round8(args, data) -> int:
     figures only; the trainings are kept (``--keep``) for the final rows."""
     import pandas as pd
 
-    rows, summaries = [], []
+    summaries = []
     for pairs in args.pairs:
         per_seed = []
         for seed in args.seeds:
@@ -398,13 +492,7 @@ def round8(args, data) -> int:
                 row[f"weights {name}"] = weights
             print(json.dumps(row), flush=True)
             per_seed.append(row)
-            rows.append(row)
-        for column in ["strong", "logreg", "logreg-speaker", *(f"fusion {n}" for n in FUSIONS)]:
-            values = [r[column] for r in per_seed]
-            summaries.append({"speakers": 2 * pairs, "model": column,
-                              **{f"seed {r['seed']}": r[column] for r in per_seed},
-                              "mean": round(float(np.mean(values)), 4),
-                              "worst": round(float(np.min(values)), 4)})
+        summaries += _model_summaries(per_seed, pairs)
     print(pd.DataFrame(summaries).to_string(index=False))
     return 0
 
@@ -439,7 +527,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nested", action="store_true",
                         help="--screen: score on inner leave-one-pair-out folds of each outer "
                         "fold's training part (4 trainings a fold) instead of the one held-out "
-                        "speaker of each fold")
+                        "speaker of each fold; --fusion-screen: round 9, the same inside each "
+                        "(sub)set's training part")
     parser.add_argument("--with-paper", action="store_true",
                         help="--final: also the paper recipe at width 16 (6-s padded input, "
                         "about 3x the strong recipe's time)")
@@ -484,7 +573,7 @@ def main(argv=None) -> int:
     if args.fusion_screen:
         if args.seeds is None:
             parser.error("--fusion-screen needs --seeds")
-        return round8(args, data)
+        return round9(args, data) if args.nested else round8(args, data)
     if args.seeds is not None:
         return round5(args, data)
     rows = []
