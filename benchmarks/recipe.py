@@ -406,12 +406,18 @@ def kept_or_trained(config: TrainConfig, features, labels, lengths, folds, group
     return results, cost
 
 
-def round9(args, data) -> int:
-    """--fusion-screen --nested: as round 8, scored on every training speaker: inside each
-    outer fold, leave one speaker pair out (:func:`inner_pair_folds`), the network and both
-    baselines trained on the rest and predicting it; every :data:`FUSIONS` candidate's weight
-    for a pair chosen on the fold's other pairs. VALIDATION figures only."""
+def fusion_screen(args, data) -> int:
+    """--fusion-screen: the strong recipe (``RECIPES["strong"]``) per seed and training size,
+    both baselines fitted on the same part, and every :data:`FUSIONS` candidate's score.
+    Round 8: each outer fold's validation speakers, fold k's weight chosen on the other folds'
+    (:func:`validation_baseline`, :func:`crossfit_validation_fusion`; the trainings are kept
+    with ``--keep`` for the final rows). Round 9 (``--nested``): every training speaker, one
+    pair left out at a time inside each outer fold's training part, a pair's weight chosen on
+    the fold's other pairs (:func:`inner_pair_folds`, :func:`nested_fusion_ua`). Prints
+    VALIDATION figures only."""
     import pandas as pd
+
+    from serlib.baselines import fit_baseline_folds
 
     summaries = []
     for pairs in args.pairs:
@@ -420,79 +426,43 @@ def round9(args, data) -> int:
             config = TrainConfig(**{**COMMON, **RECIPES["strong"], "seed": seed})
             selection, features, labels, lengths, folds, groups = data(config.feature)
             sessions = selection["session"].astype(str).to_numpy()
-            inner, tags = inner_pair_folds(subset_folds(folds, sessions, pairs=pairs),
-                                           sessions)
-            results, cost = kept_or_trained(config, features, labels, lengths, inner, groups,
-                                            jobs=args.jobs, keep=args.keep,
-                                            tag=f"nested-strong-speaker_p{pairs}_s{seed}")
+            folds = subset_folds(folds, sessions, pairs=pairs)
+            tag = f"strong-speaker_p{pairs}_s{seed}"
+            if args.nested:
+                folds, tags = inner_pair_folds(folds, sessions)
+                tag = f"nested-{tag}"
+            results, cost = kept_or_trained(config, features, labels, lengths, folds, groups,
+                                            jobs=args.jobs, keep=args.keep, tag=tag)
+            models = sorted({m for m, _ in FUSIONS.values()})
+            if args.nested:
+                base = {m: fit_baseline_folds(selection, model=m, folds=folds,
+                                              cache_dir=args.cache) for m in models}
+                scores = {name: nested_ua(runs, tags, labels)[0]
+                          for name, runs in (("strong", results), *base.items())}
+                fusions = {name: nested_fusion_ua(results, base[m], tags, labels, criterion=c)
+                           for name, (m, c) in FUSIONS.items()}
+            else:
+                base = {m: validation_baseline(results, folds, selection, model=m,
+                                               cache=args.cache) for m in models}
+                scores = {name: kept_validation_ua(runs, labels)
+                          for name, runs in (("strong", results), *base.items())}
+                fusions = {name: crossfit_validation_fusion(results, base[m], labels,
+                                                            criterion=c)
+                           for name, (m, c) in FUSIONS.items()}
             row = {"pairs": pairs, "speakers": 2 * pairs, "seed": seed,
-                   "strong": round(nested_ua(results, tags, labels)[0], 4),
+                   **{name: round(ua, 4) for name, ua in scores.items()},
                    **{k: round(v, 1) for k, v in cost.items()}}
-            base = {}
-            for model in sorted({m for m, _ in FUSIONS.values()}):
-                from serlib.baselines import fit_baseline_folds
-
-                base[model] = fit_baseline_folds(selection, model=model, folds=inner,
-                                                 cache_dir=args.cache)
-                row[model] = round(nested_ua(base[model], tags, labels)[0], 4)
-            for name, (model, criterion) in FUSIONS.items():
-                ua, weights = nested_fusion_ua(results, base[model], tags, labels,
-                                               criterion=criterion)
+            for name, (ua, weights) in fusions.items():
                 row[f"fusion {name}"] = round(ua, 4)
                 row[f"weights {name}"] = f"{min(weights):g}-{max(weights):g}"
             print(json.dumps(row), flush=True)
             per_seed.append(row)
-        summaries += _model_summaries(per_seed, pairs)
-    print(pd.DataFrame(summaries).to_string(index=False))
-    return 0
-
-
-def _model_summaries(per_seed: list, pairs: int) -> list[dict]:
-    """Rounds 8-9: per model, its score at each seed, the mean and the worst seed."""
-    out = []
-    for column in ["strong", "logreg", "logreg-speaker", *(f"fusion {n}" for n in FUSIONS)]:
-        values = [r[column] for r in per_seed]
-        out.append({"speakers": 2 * pairs, "model": column,
-                    **{f"seed {r['seed']}": r[column] for r in per_seed},
-                    "mean": round(float(np.mean(values)), 4),
-                    "worst": round(float(np.min(values)), 4)})
-    return out
-
-
-def round8(args, data) -> int:
-    """--fusion-screen: the strong recipe (``RECIPES["strong"]``) per seed and training size;
-    each fold's validation speakers predicted by it and by both baselines fitted on the same
-    part; every :data:`FUSIONS` candidate's cross-fitted validation UA. Prints VALIDATION
-    figures only; the trainings are kept (``--keep``) for the final rows."""
-    import pandas as pd
-
-    summaries = []
-    for pairs in args.pairs:
-        per_seed = []
-        for seed in args.seeds:
-            config = TrainConfig(**{**COMMON, **RECIPES["strong"], "seed": seed})
-            selection, features, labels, lengths, folds, groups = data(config.feature)
-            folds = subset_folds(folds, selection["session"].astype(str).to_numpy(),
-                                 pairs=pairs)
-            results, cost = kept_or_trained(config, features, labels, lengths, folds, groups,
-                                            jobs=args.jobs, keep=args.keep,
-                                            tag=f"strong-speaker_p{pairs}_s{seed}")
-            row = {"pairs": pairs, "speakers": 2 * pairs, "seed": seed,
-                   "strong": round(kept_validation_ua(results, labels), 4),
-                   **{k: round(v, 1) for k, v in cost.items()}}
-            base = {}
-            for model in sorted({m for m, _ in FUSIONS.values()}):
-                base[model] = validation_baseline(results, folds, selection, model=model,
-                                                  cache=args.cache)
-                row[model] = round(kept_validation_ua(base[model], labels), 4)
-            for name, (model, criterion) in FUSIONS.items():
-                ua, weights = crossfit_validation_fusion(results, base[model], labels,
-                                                         criterion=criterion)
-                row[f"fusion {name}"] = round(ua, 4)
-                row[f"weights {name}"] = weights
-            print(json.dumps(row), flush=True)
-            per_seed.append(row)
-        summaries += _model_summaries(per_seed, pairs)
+        for column in [*scores, *(f"fusion {n}" for n in FUSIONS)]:
+            values = [r[column] for r in per_seed]
+            summaries.append({"speakers": 2 * pairs, "model": column,
+                              **{f"seed {r['seed']}": r[column] for r in per_seed},
+                              "mean": round(float(np.mean(values)), 4),
+                              "worst": round(float(np.min(values)), 4)})
     print(pd.DataFrame(summaries).to_string(index=False))
     return 0
 
@@ -573,7 +543,7 @@ def main(argv=None) -> int:
     if args.fusion_screen:
         if args.seeds is None:
             parser.error("--fusion-screen needs --seeds")
-        return round9(args, data) if args.nested else round8(args, data)
+        return fusion_screen(args, data)
     if args.seeds is not None:
         return round5(args, data)
     rows = []
