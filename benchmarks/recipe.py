@@ -11,6 +11,9 @@ Two modes, both on ``manifest_folds.csv`` (``--protocol session --folds 5``):
   ``--seeds`` and ``--outer-validation``, it is the UA on the speakers the strong recipe
   would validate on, held out of every candidate's training (:func:`held_out_folds`; round 6:
   a candidate without a validation part is scored the same way).
+- ``--fusion-screen`` (rounds 8 and 9, with ``--seeds``): the strong recipe's fusion
+  candidates (:data:`FUSIONS`: partner and weight criterion) scored on validation speakers
+  only, beside the network and both baselines alone (:func:`fusion_screen`).
 - ``--final``: the measured baselines, the chosen recipe (``serlib.config.RECIPES["strong"]``)
   and, with ``--with-paper`` / ``--also``, the paper's recipe and other candidates on the test
   folds: WA, UA, macro-F1, wall and process CPU time, one row each.
