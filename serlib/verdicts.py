@@ -257,10 +257,11 @@ def verdict_table(runs_dir: str | os.PathLike, *, studies: dict, training: dict,
     return _finish(rows, alpha=alpha)
 
 
-#: What a fused run is, in the verdicts' note (serlib.fusion).
+#: What a fused run is, in the verdicts' note (serlib.fusion); ``{criterion}``: what its
+#: weights were chosen by (its record's ``criterion``: UA or log-loss).
 FUSION_NOTE = ("late fusion: w * p(deep run) + (1 - w) * p(baseline), w per test fold chosen "
-               "by UA on that fold's training part (out-of-fold or validation predictions), "
-               "never on the test fold")
+               "by {criterion} on that fold's training part (out-of-fold or validation "
+               "predictions), never on the test fold")
 
 
 def _short(baseline: str) -> str:
@@ -275,8 +276,10 @@ def _fusion_rows(rows: list[_Row], beside: dict, *, runs_dir, corpus, facts, opt
             continue
         deep, baseline = fusion_sources(runs)
         what = "the strong recipe" if deep.endswith("_strong") else deep
-        note = FUSION_NOTE + (f"; {optimistic}" if optimistic and deep.endswith("_strong")
-                              else "")
+        record = (runs if isinstance(runs, list) else [runs])[0].summary["fusion"]
+        criterion = {"ua": "UA"}.get(record.get("criterion", "ua"), record.get("criterion"))
+        note = FUSION_NOTE.format(criterion=criterion) + (
+            f"; {optimistic}" if optimistic and deep.endswith("_strong") else "")
         for source, label in ((deep, what), (baseline, _short(baseline))):
             claim = f"Fusion ({what} + {_short(baseline)}) beats {label}"
             found = beside.get(source) or seed_runs(runs_dir, source)

@@ -157,6 +157,7 @@ def test_verdicts_test_the_fusion_against_both_runs_it_fuses(tmp_path):
         "the strong recipe", "logistic regression on MFCC mean and std"]
     assert (fusion["metric"] == "UA").all() and (fusion["p (one-sided)"] != "").all()
     assert fusion["note"].str.contains("never on the test fold").all()
+    assert fusion["note"].str.contains("chosen by UA on").all()
     # a fused run of another grid entry is paired with that entry's runs too
     other = verdicts[verdicts["claim"] == "Fusion (mfcc_focal + logistic regression on MFCC "
                      "mean and std) beats mfcc_focal"]
@@ -164,6 +165,19 @@ def test_verdicts_test_the_fusion_against_both_runs_it_fuses(tmp_path):
     # the strong recipe's own rows are not confused with the fusion's
     strong = verdicts[verdicts["claim"].str.startswith("The strong recipe beats")]
     assert len(strong) == 2
+    # a fused run whose weights were chosen by log-loss says so
+    from serlib.fusion import fuse_runs, write_fused_run
+
+    for seed in (0, 1, 2):
+        suffix = f"_seed{seed}" if seed else ""
+        write_fused_run(fuse_runs(runs_dir / f"spectrogram_focal_strong{suffix}",
+                                  runs_dir / f"baseline_logreg{suffix}",
+                                  source="other-folds", criterion="log-loss"),
+                        runs_dir / f"fusion_spectrogram_focal_strong_logreg{suffix}")
+    verdicts = verdict_table(runs_dir, studies={}, training={"seed": 0}, seeds=[0, 1, 2],
+                             n_resamples=20)
+    fusion = verdicts[verdicts["claim"].str.startswith("Fusion (the strong recipe + logistic")]
+    assert len(fusion) == 2 and fusion["note"].str.contains("chosen by log-loss on").all()
     # no fused run: no fusion row
     import shutil
 
