@@ -282,27 +282,37 @@ def kept_validation_ua(results: list, labels) -> float:
     return _mean_fold_ua(results, labels, rows="val_idx", probabilities="val_probabilities")
 
 
+def cross_fitted(y_parts: list, deep_parts: list, base_parts: list, *, criterion: str
+                 ) -> tuple[list, list]:
+    """Late fusion (serlib.fusion's rule) of parts of held-out predictions: part i's weight
+    chosen (:func:`serlib.fusion.choose_weight`) on the other parts only, as the book chooses
+    test fold k's weight on the other folds. Returns each part's fused probabilities and the
+    weights."""
+    from serlib.fusion import choose_weight
+
+    fused, weights = [], []
+    for i in range(len(y_parts)):
+        others = [j for j in range(len(y_parts)) if j != i]
+        w, _ = choose_weight(np.concatenate([y_parts[j] for j in others]),
+                             np.concatenate([deep_parts[j] for j in others]),
+                             np.concatenate([base_parts[j] for j in others]),
+                             criterion=criterion)
+        fused.append(w * deep_parts[i] + (1 - w) * base_parts[i])
+        weights.append(w)
+    return fused, weights
+
+
 def fused_test_row(deep: list, baseline: list, labels, *, criterion: str = "ua"
                    ) -> tuple[dict, list]:
     """Late fusion (serlib.fusion's rule) of a deep run's and a baseline's test folds: fold
     k's weight chosen by ``criterion`` on the other folds' out-of-fold predictions, never on
-    fold k."""
-    from serlib.fusion import choose_weight
-
-    by_fold = {r["fold"]: r for r in deep}
+    fold k (:func:`cross_fitted`)."""
     base = {f["fold"]: f for f in baseline}
-    y_all, p_all, weights = [], [], []
-    for k in sorted(by_fold):
-        others = [j for j in by_fold if j != k]
-        y = np.concatenate([labels[by_fold[j]["test_idx"]] for j in others])
-        w, _ = choose_weight(y, np.concatenate([by_fold[j]["probabilities"] for j in others]),
-                             np.concatenate([base[j]["probabilities"] for j in others]),
-                             criterion=criterion)
-        weights.append(w)
-        y_all.append(labels[by_fold[k]["test_idx"]])
-        p_all.append(w * by_fold[k]["probabilities"] + (1 - w) * base[k]["probabilities"])
-    report = classification_report_dict(np.concatenate(y_all),
-                                        np.concatenate(p_all).argmax(1),
+    y = [labels[r["test_idx"]] for r in deep]
+    fused, weights = cross_fitted(y, [r["probabilities"] for r in deep],
+                                  [base[r["fold"]]["probabilities"] for r in deep],
+                                  criterion=criterion)
+    report = classification_report_dict(np.concatenate(y), np.concatenate(fused).argmax(1),
                                         class_names=PAPER_CLASSES)
     return {k: round(report[k], 4) for k in ("wa", "ua", "macro_f1")}, weights
 
@@ -327,20 +337,13 @@ def crossfit_validation_fusion(deep: list, base: list, labels, *, criterion: str
     (:func:`serlib.fusion.choose_weight`) on the OTHER folds' validation speakers, as the
     book's fusion chooses fold k's weight on the other folds; the mean over folds of the
     fused UA, and the weights."""
-    from serlib.fusion import choose_weight
     from serlib.metrics import unweighted_accuracy
 
-    uas, weights = [], []
-    for k in range(len(deep)):
-        others = [j for j in range(len(deep)) if j != k]
-        w, _ = choose_weight(np.concatenate([labels[deep[j]["val_idx"]] for j in others]),
-                             np.concatenate([deep[j]["val_probabilities"] for j in others]),
-                             np.concatenate([base[j]["val_probabilities"] for j in others]),
-                             criterion=criterion)
-        fused = w * deep[k]["val_probabilities"] + (1 - w) * base[k]["val_probabilities"]
-        uas.append(unweighted_accuracy(labels[deep[k]["val_idx"]], fused.argmax(1)))
-        weights.append(w)
-    return float(np.mean(uas)), weights
+    y = [labels[r["val_idx"]] for r in deep]
+    fused, weights = cross_fitted(y, [r["val_probabilities"] for r in deep],
+                                  [b["val_probabilities"] for b in base], criterion=criterion)
+    return float(np.mean([unweighted_accuracy(t, p.argmax(1))
+                          for t, p in zip(y, fused, strict=True)])), weights
 
 
 def inner_pair_folds(folds: list, sessions: np.ndarray) -> tuple[list, list]:
@@ -363,23 +366,16 @@ def nested_fusion_ua(deep: list, base: list, tags: list, labels, *, criterion: s
     """Round 9: inside each outer fold, each held-out pair's predictions fused with the weight
     chosen on the fold's other held-out pairs (as the book chooses fold k's weight on the other
     folds); per outer fold the UA pooled over its pairs, and their mean; the weights."""
-    from serlib.fusion import choose_weight
-
     per_fold, weights = [], []
     for k in sorted({k for k, _ in tags}):
         mine = [i for i, (kk, _) in enumerate(tags) if kk == k]
-        y_all, p_all = [], []
-        for i in mine:
-            others = [j for j in mine if j != i]
-            w, _ = choose_weight(np.concatenate([labels[deep[j]["test_idx"]] for j in others]),
-                                 np.concatenate([deep[j]["probabilities"] for j in others]),
-                                 np.concatenate([base[j]["probabilities"] for j in others]),
-                                 criterion=criterion)
-            weights.append(w)
-            y_all.append(labels[deep[i]["test_idx"]])
-            p_all.append(w * deep[i]["probabilities"] + (1 - w) * base[i]["probabilities"])
+        y = [labels[deep[i]["test_idx"]] for i in mine]
+        fused, chosen = cross_fitted(y, [deep[i]["probabilities"] for i in mine],
+                                     [base[i]["probabilities"] for i in mine],
+                                     criterion=criterion)
+        weights += chosen
         per_fold.append(classification_report_dict(
-            np.concatenate(y_all), np.concatenate(p_all).argmax(1),
+            np.concatenate(y), np.concatenate(fused).argmax(1),
             class_names=PAPER_CLASSES)["ua"])
     return float(np.mean(per_fold)), weights
 
@@ -616,6 +612,8 @@ def round5(args, data) -> int:
     only; --final: test rows, the logistic regression on the same subsets, and the fusion."""
     import pandas as pd
 
+    from serlib.baselines import fit_baseline_folds
+
     names = args.screen or (["strong"] * (not args.skip_strong) + list(args.also))
     rows = []
     base_rows = {}
@@ -639,8 +637,6 @@ def round5(args, data) -> int:
                        **{k: round(v, 1) for k, v in cost.items()}}
                 if args.final:
                     row.update(test_row(results, labels))
-                    from serlib.baselines import fit_baseline_folds
-
                     partner, criterion = FUSIONS[args.fusion]
                     models = ["logreg", *["logreg-speaker"] * args.speaker_baseline, partner]
                     for model in dict.fromkeys(models):     # each fitted and shown once
